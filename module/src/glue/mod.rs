@@ -1,0 +1,10 @@
+//! The Redis side: argument access, the low-level key API, the one write path, replies.
+
+mod boundary;
+mod commands;
+mod ffi;
+pub mod register;
+mod reply;
+mod stats;
+mod store;
+mod write;

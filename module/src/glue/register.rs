@@ -1,0 +1,172 @@
+//! Module load: checks the server's API, registers the commands with their flags, key specs
+//! and ACL categories, and the INFO section.
+
+use super::boundary::{serve, Handler};
+use super::commands;
+use super::ffi::{api, api_is_complete, Ctx, RawString};
+use super::stats;
+use super::write::init_event_words;
+use redis_module::{raw, Context, RedisString, Status};
+use std::ffi::CStr;
+use std::mem::MaybeUninit;
+use std::os::raw::c_int;
+use std::ptr;
+
+struct Command {
+    name: &'static CStr,
+    callback: raw::RedisModuleCmdFunc,
+    flags: &'static CStr,
+    /// Redis' arity: exact if positive, a minimum if negative (command name included).
+    arity: c_int,
+    /// How the command uses the coupon key (`REDISMODULE_CMD_KEY_*`).
+    key_flags: u32,
+    /// ACL categories; only servers from 7.2 on (and Valkey) can set them. On 7.0 a
+    /// module command belongs to no category and must be allowed by name.
+    acl: &'static CStr,
+    summary: &'static CStr,
+}
+
+macro_rules! callback {
+    ($command:literal, $handler:path) => {{
+        extern "C" fn callback(ctx: Ctx, argv: *mut RawString, argc: c_int) -> c_int {
+            serve(ctx, argv, argc, $command, $handler as Handler)
+        }
+        Some(callback as unsafe extern "C" fn(Ctx, *mut RawString, c_int) -> c_int)
+    }};
+}
+
+fn commands() -> [Command; 4] {
+    [
+        Command {
+            name: c"coupon.issue",
+            callback: callback!("COUPON.ISSUE", commands::issue),
+            flags: c"write deny-oom fast",
+            arity: -4,
+            key_flags: raw::REDISMODULE_CMD_KEY_RW
+                | raw::REDISMODULE_CMD_KEY_ACCESS
+                | raw::REDISMODULE_CMD_KEY_INSERT,
+            acl: c"write fast hash stream",
+            summary: c"Issues a coupon to a user if stock and the sale window allow, once per user",
+        },
+        Command {
+            name: c"coupon.revoke",
+            callback: callback!("COUPON.REVOKE", commands::revoke),
+            flags: c"write fast",
+            arity: 3,
+            key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
+            acl: c"write fast hash stream",
+            summary: c"Takes a coupon back from its holder; the stock returns, the seq does not",
+        },
+        Command {
+            name: c"coupon.check",
+            callback: callback!("COUPON.CHECK", commands::check),
+            flags: c"readonly fast",
+            arity: 3,
+            key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+            acl: c"read fast hash",
+            summary: c"Returns the seq a user holds, or nil",
+        },
+        Command {
+            name: c"coupon.info",
+            callback: callback!("COUPON.INFO", commands::info),
+            flags: c"readonly fast",
+            arity: 2,
+            key_flags: raw::REDISMODULE_CMD_KEY_RO,
+            acl: c"read fast hash stream",
+            summary: c"Returns a coupon's holders, revokes, last seq and event count",
+        },
+    ]
+}
+
+/// The `init` hook of the module.
+pub fn on_load(ctx: &Context, _args: &[RedisString]) -> Status {
+    if let Err(missing) = api_is_complete() {
+        ctx.log_warning(&format!("coupon: this server does not provide {missing}"));
+        return Status::Err;
+    }
+    init_event_words();
+    for command in commands() {
+        if let Err(why) = register(ctx.ctx, &command) {
+            ctx.log_warning(&format!(
+                "coupon: cannot register {command:?}: {why}",
+                command = command.name
+            ));
+            return Status::Err;
+        }
+    }
+    unsafe { api!(RedisModule_RegisterInfoFunc)(ctx.ctx, Some(stats::info)) };
+    Status::Ok
+}
+
+fn register(ctx: Ctx, command: &Command) -> Result<(), &'static str> {
+    let ok = raw::REDISMODULE_OK as c_int;
+    unsafe {
+        if api!(RedisModule_CreateCommand)(
+            ctx,
+            command.name.as_ptr(),
+            command.callback,
+            command.flags.as_ptr(),
+            1,
+            1,
+            1,
+        ) != ok
+        {
+            return Err("CreateCommand failed");
+        }
+        let handle = api!(RedisModule_GetCommand)(ctx, command.name.as_ptr());
+        if handle.is_null() {
+            return Err("GetCommand found nothing");
+        }
+        let mut key_specs = [
+            coupon_key_spec(command.key_flags),
+            MaybeUninit::zeroed().assume_init(),
+        ];
+        let version = raw::RedisModuleCommandInfoVersion {
+            version: 1,
+            sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+            sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+            sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+        };
+        let info = raw::RedisModuleCommandInfo {
+            version: &version,
+            summary: command.summary.as_ptr(),
+            complexity: c"O(1)".as_ptr(),
+            since: c"0.1.0".as_ptr(),
+            history: ptr::null_mut(),
+            tips: ptr::null(),
+            arity: command.arity,
+            key_specs: key_specs.as_mut_ptr(),
+            args: ptr::null_mut(),
+        };
+        if api!(RedisModule_SetCommandInfo)(handle, &info) != ok {
+            return Err("SetCommandInfo refused the command info");
+        }
+        if let Some(set_categories) = raw::RedisModule_SetCommandACLCategories {
+            if set_categories(handle, command.acl.as_ptr()) != ok {
+                return Err("SetCommandACLCategories refused the categories");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The coupon key is argument 1; the sibling keys it names share its slot.
+fn coupon_key_spec(flags: u32) -> raw::RedisModuleCommandKeySpec {
+    raw::RedisModuleCommandKeySpec {
+        notes: c"the coupon key; its :holders, :meta and :events siblings share its hash slot"
+            .as_ptr(),
+        flags: u64::from(flags),
+        begin_search_type: raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX,
+        bs: raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
+            index: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos: 1 },
+        },
+        find_keys_type: raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE,
+        fk: raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+            range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
+                lastkey: 0,
+                keystep: 1,
+                limit: 0,
+            },
+        },
+    }
+}

@@ -1,0 +1,56 @@
+//! Reply shapes, written straight to the client with the reply API (no intermediate values).
+
+use super::ffi::{api, Ctx};
+use crate::rules::IssueOutcome;
+use std::ffi::CString;
+use std::os::raw::{c_char, c_long};
+
+/// `[status, seq | nil, holders]`: reads as three lines in redis-cli.
+pub fn issue(ctx: Ctx, outcome: &IssueOutcome, holders: i64) {
+    unsafe {
+        api!(RedisModule_ReplyWithArray)(ctx, 3);
+        api!(RedisModule_ReplyWithSimpleString)(ctx, outcome.status().as_ptr());
+    }
+    optional_integer(ctx, outcome.seq());
+    integer(ctx, holders);
+}
+
+pub fn integer(ctx: Ctx, value: i64) {
+    unsafe { api!(RedisModule_ReplyWithLongLong)(ctx, value) };
+}
+
+/// An integer, or nil.
+pub fn optional_integer(ctx: Ctx, value: Option<i64>) {
+    match value {
+        Some(value) => integer(ctx, value),
+        None => unsafe {
+            api!(RedisModule_ReplyWithNull)(ctx);
+        },
+    }
+}
+
+/// Field/value pairs: a map under RESP3, a flat array under RESP2.
+pub fn map(ctx: Ctx, pairs: &[(&str, i64)]) {
+    unsafe {
+        api!(RedisModule_ReplyWithMap)(ctx, pairs.len() as c_long);
+        for (field, value) in pairs {
+            api!(RedisModule_ReplyWithStringBuffer)(
+                ctx,
+                field.as_ptr().cast::<c_char>(),
+                field.len(),
+            );
+            api!(RedisModule_ReplyWithLongLong)(ctx, *value);
+        }
+    }
+}
+
+/// An error reply; `message` starts with its code. Line breaks and NULs (which a client
+/// could smuggle in through an unknown option) would break the protocol, so they go.
+pub fn error(ctx: Ctx, message: &str) {
+    let clean: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let message = CString::new(clean).unwrap_or_else(|_| CString::from(c"ERR invalid error text"));
+    unsafe { api!(RedisModule_ReplyWithError)(ctx, message.as_ptr()) };
+}

@@ -1,1 +1,28 @@
+//! The test harness: real `redis-server` / `valkey-server` processes with the coupon module,
+//! each in its own temp dir on a free loopback port, killed when dropped.
 
+mod build;
+mod server;
+
+pub use build::module_path;
+pub use server::{Flavor, Server, ServerBuilder};
+
+/// Runs each named test once per server flavor: `fn name(flavor: Flavor)` becomes the tests
+/// `on_redis::name` and `on_valkey::name`, so one suite covers Redis 7 and Valkey 8.
+#[macro_export]
+macro_rules! on_every_server {
+    ($($name:ident),* $(,)?) => {
+        mod on_redis {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::Flavor::Redis)
+            })*
+        }
+        mod on_valkey {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::Flavor::Valkey)
+            })*
+        }
+    };
+}

@@ -3,9 +3,11 @@
 
 mod build;
 mod server;
+mod workload;
 
 pub use build::module_path;
 pub use server::{Flavor, Server, ServerBuilder};
+pub use workload::mixed_workload;
 
 /// Runs each named test once per server flavor: `fn name(flavor: Flavor)` becomes the tests
 /// `on_redis::name` and `on_valkey::name`, so one suite covers Redis 7 and Valkey 8.

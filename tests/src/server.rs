@@ -192,7 +192,7 @@ impl Server {
                 .args(["--logfile", "server.log", "--save", ""])
                 .args(["--enable-debug-command", "yes", "--protected-mode", "no"])
                 .args(["--appendonly", if self.config.aof { "yes" } else { "no" }])
-                .args(["--appendfsync", "always"])
+                .args(["--appendfsync", "always", "--repl-diskless-sync-delay", "0"])
                 .args(&self.config.args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -1,0 +1,67 @@
+//! The coupon's key names, as the module derives them: every key in the coupon key's slot.
+
+use crate::Error;
+
+/// The three keys of one coupon: `{K}:holders`, `{K}:meta`, `{K}:events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CouponKeys {
+    pub holders: Vec<u8>,
+    pub meta: Vec<u8>,
+    pub events: Vec<u8>,
+}
+
+impl CouponKeys {
+    pub fn of(coupon: &[u8]) -> Result<Self, Error> {
+        if coupon.is_empty() {
+            return Err(Error::InvalidInput("coupon key must not be empty"));
+        }
+        let prefix = if has_hash_tag(coupon) {
+            coupon.to_vec()
+        } else if coupon.contains(&b'}') {
+            return Err(Error::InvalidInput(
+                "coupon key contains '}' but no hash tag; use a tag like 'sale{42}'",
+            ));
+        } else {
+            [b"{", coupon, b"}"].concat()
+        };
+        let sibling = |suffix: &[u8]| [prefix.as_slice(), suffix].concat();
+        Ok(CouponKeys {
+            holders: sibling(b":holders"),
+            meta: sibling(b":meta"),
+            events: sibling(b":events"),
+        })
+    }
+}
+
+/// Redis Cluster's rule: non-empty bytes between the first `{` and the next `}`.
+fn has_hash_tag(key: &[u8]) -> bool {
+    key.iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| key[open + 1..].iter().position(|b| *b == b'}'))
+        .is_some_and(|len| len > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derives_the_module_layout() {
+        let keys = CouponKeys::of(b"sale").unwrap();
+        assert_eq!(keys.holders, b"{sale}:holders");
+        assert_eq!(keys.meta, b"{sale}:meta");
+        assert_eq!(keys.events, b"{sale}:events");
+        assert_eq!(
+            CouponKeys::of(b"shop{7}").unwrap().events,
+            b"shop{7}:events"
+        );
+        assert_eq!(CouponKeys::of(b"a{b").unwrap().holders, b"{a{b}:holders");
+    }
+
+    #[test]
+    fn refuses_keys_the_module_refuses() {
+        assert!(CouponKeys::of(b"").is_err());
+        assert!(CouponKeys::of(b"a}b").is_err());
+        assert!(CouponKeys::of(b"a{}b").is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! The async Rust client for first-come-first-served coupon issuance.
+//!
+//! [`Coupons`] issues, revokes and checks coupons on a Redis server that has the `coupon`
+//! module loaded — or, on servers that cannot load modules, through a bundled Lua script that
+//! leaves exactly the same data ([`Backend`]), so services and the persister work unchanged on
+//! either and a deployment can move between them without migrating anything.
+//!
+//! ```no_run
+//! # async fn run() -> coupon_sdk::Result<()> {
+//! use coupon_sdk::{Coupons, Outcome};
+//! use std::time::Duration;
+//!
+//! let client = redis::Client::open("redis://127.0.0.1/")?;
+//! let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?)
+//!     .await?
+//!     .with_timeout(Duration::from_millis(250));
+//! let outcome = coupons.issue("sale:2026-11-22", "user-42", 1_000).await?;
+//! if let Some(seq) = outcome.seq() {
+//!     println!("user-42 holds coupon #{seq}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod client;
+mod error;
+mod keys;
+mod outcome;
+
+pub use backend::Backend;
+pub use client::Coupons;
+pub use error::{Error, Result};
+pub use outcome::{CouponInfo, Outcome, Window};
+
+/// The Lua script of the [`Backend::Script`] backend, for inspection or preloading with
+/// `SCRIPT LOAD`.
+pub const SCRIPT_SOURCE: &str = include_str!("coupon.lua");

@@ -1,0 +1,73 @@
+//! The data types a call returns.
+
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What [`Coupons::issue`](crate::Coupons::issue) answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The user got the coupon now, with this seq (1, 2, 3 … per coupon).
+    Issued { seq: u64 },
+    /// The user already held the coupon, with this seq. A retry of an issue that had
+    /// succeeded answers this, with the same seq.
+    AlreadyIssued { seq: u64 },
+    /// The coupon has as many holders as the limit allows.
+    SoldOut,
+    /// The sale window has not opened yet.
+    NotStarted,
+    /// The sale window has closed.
+    Ended,
+}
+
+impl Outcome {
+    /// The seq the user holds, if they hold the coupon after this call.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Outcome::Issued { seq } | Outcome::AlreadyIssued { seq } => Some(*seq),
+            _ => None,
+        }
+    }
+
+    /// Whether the user holds the coupon after this call (issued now or before).
+    pub fn holds_coupon(&self) -> bool {
+        self.seq().is_some()
+    }
+}
+
+/// A sale window: open from `start_ms` (inclusive) to `end_ms` (exclusive), unix milliseconds
+/// by the Redis server's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Window {
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+impl Window {
+    /// A window between two unix-millisecond instants.
+    pub fn between_ms(start_ms: u64, end_ms: u64) -> Self {
+        Window { start_ms, end_ms }
+    }
+
+    /// A window between two system times (before the epoch counts as the epoch).
+    pub fn between(start: SystemTime, end: SystemTime) -> Self {
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        Window::between_ms(ms(start), ms(end))
+    }
+}
+
+/// A coupon's counters, from [`Coupons::info`](crate::Coupons::info).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CouponInfo {
+    /// Users holding the coupon now.
+    pub issued: u64,
+    /// Coupons given back, in total.
+    pub revoked: u64,
+    /// The highest seq ever issued.
+    pub last_seq: u64,
+    /// Entries in the event stream now (the persister trims what it has stored).
+    pub events: u64,
+}

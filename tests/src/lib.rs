@@ -2,10 +2,12 @@
 //! each in its own temp dir on a free loopback port, killed when dropped.
 
 mod build;
+mod cluster;
 mod server;
 mod workload;
 
 pub use build::module_path;
+pub use cluster::Cluster;
 pub use server::{Flavor, Server, ServerBuilder};
 pub use workload::mixed_workload;
 

@@ -409,3 +409,52 @@ on_every_server!(
     the_script_is_reloaded_after_a_flush,
     the_connection_manager_reconnects_after_a_restart,
 );
+
+/// The cluster client routes each coupon to the node owning its slot; both backends work there.
+fn the_cluster_client_issues_across_slots(flavor: Flavor) {
+    let cluster = coupon_tests::Cluster::start(flavor);
+    runtime().block_on(async {
+        let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+        let connection = client.get_async_connection().await.unwrap();
+        let module = Coupons::connect(connection.clone()).await.unwrap();
+        assert_eq!(module.backend(), Backend::Module);
+        let script = Coupons::with_backend(connection, Backend::Script);
+        // Twenty coupons land on all three nodes.
+        for n in 0..20 {
+            let coupon = format!("sale-{n}");
+            let client = if n % 2 == 0 { &module } else { &script };
+            assert_eq!(
+                client.issue(&coupon, "alice", 1).await.unwrap(),
+                Outcome::Issued { seq: 1 }
+            );
+            assert_eq!(
+                client.issue(&coupon, "bob", 1).await.unwrap(),
+                Outcome::SoldOut
+            );
+            assert_eq!(module.check(&coupon, "alice").await.unwrap(), Some(1));
+            assert!(script.revoke(&coupon, "alice").await.unwrap());
+            assert_eq!(module.info(&coupon).await.unwrap().events, 2);
+        }
+    });
+    let holders_per_node: Vec<i64> = cluster
+        .nodes
+        .iter()
+        .map(|node| redis::cmd("DBSIZE").query(&mut node.connect()).unwrap())
+        .collect();
+    assert!(
+        holders_per_node.iter().all(|keys| *keys > 0),
+        "every node holds coupons: {holders_per_node:?}"
+    );
+}
+
+mod cluster {
+    #[test]
+    fn on_redis() {
+        super::the_cluster_client_issues_across_slots(coupon_tests::Flavor::Redis);
+    }
+
+    #[test]
+    fn on_valkey() {
+        super::the_cluster_client_issues_across_slots(coupon_tests::Flavor::Valkey);
+    }
+}

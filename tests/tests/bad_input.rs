@@ -14,41 +14,114 @@ fn rejected(conn: &mut Connection, server: &Server, args: &[&[u8]], expected: &s
         .query::<redis::Value>(conn)
         .expect_err(&format!("{args:?} must be rejected"));
     let text = error.to_string();
-    assert!(text.contains(expected), "{args:?}: {text:?} should say {expected:?}");
+    assert!(
+        text.contains(expected),
+        "{args:?}: {text:?} should say {expected:?}"
+    );
     assert_eq!(server.digest(), before, "{args:?} changed the dataset");
 }
 
 fn every_bad_input_is_rejected_with_nothing_changed(flavor: Flavor) {
     let server = Server::start(flavor);
     let mut conn = server.connect();
-    let _: redis::Value = redis::cmd("COUPON.ISSUE").arg("sale").arg("holder").arg(5).query(&mut conn).unwrap();
+    let _: redis::Value = redis::cmd("COUPON.ISSUE")
+        .arg("sale")
+        .arg("holder")
+        .arg(5)
+        .query(&mut conn)
+        .unwrap();
     let cases: &[(&[&[u8]], &str)] = &[
-        (&[b"COUPON.ISSUE", b"sale", b"u"], "wrong number of arguments"),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u"],
+            "wrong number of arguments",
+        ),
         (&[b"COUPON.ISSUE", b"sale"], "wrong number of arguments"),
         (&[b"COUPON.REVOKE", b"sale"], "wrong number of arguments"),
-        (&[b"COUPON.REVOKE", b"sale", b"u", b"x"], "wrong number of arguments"),
+        (
+            &[b"COUPON.REVOKE", b"sale", b"u", b"x"],
+            "wrong number of arguments",
+        ),
         (&[b"COUPON.CHECK", b"sale"], "wrong number of arguments"),
         (&[b"COUPON.INFO"], "wrong number of arguments"),
         (&[b"COUPON.INFO", b"a", b"b"], "wrong number of arguments"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"ten"], "limit must be an integer"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"-1"], "limit must be an integer"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"1.5"], "limit must be an integer"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"9223372036854775808"], "limit must be an integer"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b""], "limit must be an integer"),
-        (&[b"COUPON.ISSUE", b"sale", b"", b"5"], "user must not be empty"),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"ten"],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"-1"],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"1.5"],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"9223372036854775808"],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b""],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"", b"5"],
+            "user must not be empty",
+        ),
         (&[b"COUPON.REVOKE", b"sale", b""], "user must not be empty"),
         (&[b"COUPON.CHECK", b"sale", b""], "user must not be empty"),
-        (&[b"COUPON.ISSUE", b"", b"u", b"5"], "coupon key must not be empty"),
+        (
+            &[b"COUPON.ISSUE", b"", b"u", b"5"],
+            "coupon key must not be empty",
+        ),
         (&[b"COUPON.ISSUE", b"a}b", b"u", b"5"], "hash tag"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"TTL", b"9"], "unknown option 'TTL'"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW"], "WINDOW takes"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"1"], "WINDOW takes"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"x", b"2"], "non-negative integers"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"-5", b"2"], "non-negative integers"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"9", b"2"], "start must be before its end"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"2", b"2"], "start must be before its end"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"1", b"2", b"WINDOW", b"1", b"2"], "more than once"),
-        (&[b"COUPON.ISSUE", b"sale", b"u", b"5", b"bad\r\noption"], "unknown option 'bad  option'"),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"TTL", b"9"],
+            "unknown option 'TTL'",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW"],
+            "WINDOW takes",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"1"],
+            "WINDOW takes",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"x", b"2"],
+            "non-negative integers",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"-5", b"2"],
+            "non-negative integers",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"9", b"2"],
+            "start must be before its end",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"2", b"2"],
+            "start must be before its end",
+        ),
+        (
+            &[
+                b"COUPON.ISSUE",
+                b"sale",
+                b"u",
+                b"5",
+                b"WINDOW",
+                b"1",
+                b"2",
+                b"WINDOW",
+                b"1",
+                b"2",
+            ],
+            "more than once",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"bad\r\noption"],
+            "unknown option 'bad  option'",
+        ),
     ];
     for (args, expected) in cases {
         rejected(&mut conn, &server, args, expected);
@@ -71,21 +144,44 @@ fn a_key_of_the_wrong_type_is_wrongtype(flavor: Flavor) {
             vec!["COUPON.ISSUE", coupon, "u", "5"],
             vec!["COUPON.INFO", coupon],
         ] {
-            rejected(&mut conn, &server, &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(), "WRONGTYPE");
+            rejected(
+                &mut conn,
+                &server,
+                &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(),
+                "WRONGTYPE",
+            );
         }
     }
     // A corrupt holder is refused on every path that reads it.
-    redis::cmd("HSET").arg("{d}:holders").arg("u").arg("not-a-seq").query::<()>(&mut conn).unwrap();
+    redis::cmd("HSET")
+        .arg("{d}:holders")
+        .arg("u")
+        .arg("not-a-seq")
+        .query::<()>(&mut conn)
+        .unwrap();
     for args in [
         vec!["COUPON.ISSUE", "d", "u", "5"],
         vec!["COUPON.CHECK", "d", "u"],
         vec!["COUPON.REVOKE", "d", "u"],
     ] {
-        rejected(&mut conn, &server, &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(), "corrupt");
+        rejected(
+            &mut conn,
+            &server,
+            &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(),
+            "corrupt",
+        );
     }
     // The holders hash of the wrong type stops REVOKE and CHECK as well.
-    for args in [vec!["COUPON.REVOKE", "a", "u"], vec!["COUPON.CHECK", "a", "u"]] {
-        rejected(&mut conn, &server, &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(), "WRONGTYPE");
+    for args in [
+        vec!["COUPON.REVOKE", "a", "u"],
+        vec!["COUPON.CHECK", "a", "u"],
+    ] {
+        rejected(
+            &mut conn,
+            &server,
+            &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(),
+            "WRONGTYPE",
+        );
     }
 }
 
@@ -101,11 +197,26 @@ fn the_server_survives_a_storm_of_garbage(flavor: Flavor) {
         state
     };
     let pool: [&[u8]; 12] = [
-        b"", b"0", b"-1", b"WINDOW", b"window", b"9223372036854775807", b"-9223372036854775808",
-        b"{", b"}", b"{x}", b"\x00\xff", b"18446744073709551616",
+        b"",
+        b"0",
+        b"-1",
+        b"WINDOW",
+        b"window",
+        b"9223372036854775807",
+        b"-9223372036854775808",
+        b"{",
+        b"}",
+        b"{x}",
+        b"\x00\xff",
+        b"18446744073709551616",
     ];
     for _ in 0..3_000 {
-        let command = ["COUPON.ISSUE", "COUPON.REVOKE", "COUPON.CHECK", "COUPON.INFO"][(next() % 4) as usize];
+        let command = [
+            "COUPON.ISSUE",
+            "COUPON.REVOKE",
+            "COUPON.CHECK",
+            "COUPON.INFO",
+        ][(next() % 4) as usize];
         let mut cmd = redis::cmd(command);
         for _ in 0..(next() % 9) {
             cmd.arg(pool[(next() % pool.len() as u64) as usize]);

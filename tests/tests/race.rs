@@ -19,7 +19,9 @@ type Reply = (String, Option<i64>, i64);
 static ONE_RACE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn ten_thousand_clients_race_for_a_thousand_coupons(flavor: Flavor) {
-    let _turn = ONE_RACE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _turn = ONE_RACE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let server = Server::builder(flavor).arg("maxclients", "11000").start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -60,7 +62,11 @@ fn ten_thousand_clients_race_for_a_thousand_coupons(flavor: Flavor) {
                 (user, replies)
             })
         });
-        join_all(tasks).await.into_iter().map(|r| r.expect("task")).collect()
+        join_all(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.expect("task"))
+            .collect()
     });
 
     let mut won: BTreeMap<String, i64> = BTreeMap::new();
@@ -69,7 +75,10 @@ fn ten_thousand_clients_race_for_a_thousand_coupons(flavor: Flavor) {
             assert!(*holders <= STOCK, "over-issued: {holders} holders");
             if status == "ISSUED" {
                 let seq = seq.expect("ISSUED carries a seq");
-                assert!(won.insert(user.clone(), seq).is_none(), "{user} issued twice");
+                assert!(
+                    won.insert(user.clone(), seq).is_none(),
+                    "{user} issued twice"
+                );
             }
         }
     }
@@ -88,10 +97,17 @@ fn ten_thousand_clients_race_for_a_thousand_coupons(flavor: Flavor) {
     }
 
     let mut conn = server.connect();
-    let holders: BTreeMap<String, i64> = redis::cmd("HGETALL").arg("{flash}:holders").query(&mut conn).unwrap();
+    let holders: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        .arg("{flash}:holders")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(holders, won, "the holders hash is exactly the winners");
-    let events: Vec<(String, BTreeMap<String, String>)> =
-        redis::cmd("XRANGE").arg("{flash}:events").arg("-").arg("+").query(&mut conn).unwrap();
+    let events: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("{flash}:events")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(events.len() as i64, STOCK, "one issue event per winner");
     let from_events: BTreeMap<String, i64> = events
         .iter()
@@ -100,9 +116,19 @@ fn ten_thousand_clients_race_for_a_thousand_coupons(flavor: Flavor) {
             (fields["user"].clone(), fields["seq"].parse().unwrap())
         })
         .collect();
-    assert_eq!(from_events, won, "the events name exactly the winners and their seqs");
-    let in_order: Vec<i64> = events.iter().map(|(_, f)| f["seq"].parse().unwrap()).collect();
-    assert_eq!(in_order, (1..=STOCK).collect::<Vec<_>>(), "events are appended in seq order");
+    assert_eq!(
+        from_events, won,
+        "the events name exactly the winners and their seqs"
+    );
+    let in_order: Vec<i64> = events
+        .iter()
+        .map(|(_, f)| f["seq"].parse().unwrap())
+        .collect();
+    assert_eq!(
+        in_order,
+        (1..=STOCK).collect::<Vec<_>>(),
+        "events are appended in seq order"
+    );
 }
 
 on_every_server!(ten_thousand_clients_race_for_a_thousand_coupons);

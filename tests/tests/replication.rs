@@ -15,14 +15,21 @@ fn replica_of(master: &Server, module: bool) -> Server {
 /// Waits until the replica has acknowledged everything the master wrote.
 fn wait_for_replica(master: &Server) {
     let mut conn = master.connect();
-    let acked: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(&mut conn).unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(acked, 1, "the replica did not catch up:\n{}", master.log());
 }
 
 fn wait_for_sync(replica: &Server) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let info: String = redis::cmd("INFO").arg("replication").query(&mut replica.connect()).unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.connect())
+            .unwrap();
         if info.contains("master_link_status:up") {
             return;
         }
@@ -43,7 +50,12 @@ fn a_replica_without_the_module_matches_the_master(flavor: Flavor) {
     wait_for_replica(&master);
     let digest = master.digest();
     assert_ne!(digest, EMPTY_DIGEST);
-    assert_eq!(replica.digest(), digest, "replica differs:\n{}", replica.log());
+    assert_eq!(
+        replica.digest(),
+        digest,
+        "replica differs:\n{}",
+        replica.log()
+    );
 }
 
 fn a_replica_with_the_module_matches_too(flavor: Flavor) {
@@ -55,10 +67,22 @@ fn a_replica_with_the_module_matches_too(flavor: Flavor) {
     assert_eq!(replica.digest(), master.digest());
     // The replica answers reads with the module and refuses writes.
     let mut conn = replica.connect();
-    let seq: Option<i64> = redis::cmd("COUPON.CHECK").arg("tiny").arg("user-0").query(&mut conn).unwrap();
-    let master_seq: Option<i64> = redis::cmd("COUPON.CHECK").arg("tiny").arg("user-0").query(&mut master.connect()).unwrap();
+    let seq: Option<i64> = redis::cmd("COUPON.CHECK")
+        .arg("tiny")
+        .arg("user-0")
+        .query(&mut conn)
+        .unwrap();
+    let master_seq: Option<i64> = redis::cmd("COUPON.CHECK")
+        .arg("tiny")
+        .arg("user-0")
+        .query(&mut master.connect())
+        .unwrap();
     assert_eq!(seq, master_seq);
-    let refused = redis::cmd("COUPON.ISSUE").arg("tiny").arg("x").arg(5).query::<redis::Value>(&mut conn);
+    let refused = redis::cmd("COUPON.ISSUE")
+        .arg("tiny")
+        .arg("x")
+        .arg(5)
+        .query::<redis::Value>(&mut conn);
     let refusal = refused.unwrap_err().to_string();
     assert!(refusal.contains("read only"), "{refusal}");
 }

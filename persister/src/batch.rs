@@ -1,0 +1,117 @@
+//! Stage 2, batch: gathers read entries until the batch is full or has lingered long enough.
+//! An entry seen twice (drained and claimed in one batch) is kept once.
+
+use crate::event::{EntryId, RawEntry, StreamKey};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Batch {
+    max_size: usize,
+    linger: Duration,
+    opened: Option<Instant>,
+    entries: Vec<RawEntry>,
+    seen: HashSet<(StreamKey, EntryId)>,
+}
+
+impl Batch {
+    pub fn new(max_size: usize, linger: Duration) -> Batch {
+        Batch {
+            max_size: max_size.max(1),
+            linger,
+            opened: None,
+            entries: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Adds entries; the linger clock starts with the first one.
+    pub fn extend(&mut self, entries: Vec<RawEntry>, now: Instant) {
+        for entry in entries {
+            if self.seen.insert((entry.stream.clone(), entry.id)) {
+                self.opened.get_or_insert(now);
+                self.entries.push(entry);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= self.max_size
+    }
+
+    /// How many more entries fit.
+    pub fn room(&self) -> usize {
+        self.max_size.saturating_sub(self.entries.len())
+    }
+
+    /// How long to keep waiting for more: `None` while empty (no clock running).
+    pub fn time_left(&self, now: Instant) -> Option<Duration> {
+        self.opened.map(|opened| {
+            self.linger
+                .saturating_sub(now.saturating_duration_since(opened))
+        })
+    }
+
+    /// Full, or non-empty and past its linger time.
+    pub fn is_ready(&self, now: Instant) -> bool {
+        self.is_full() || self.time_left(now) == Some(Duration::ZERO)
+    }
+
+    pub fn into_entries(self) -> Vec<RawEntry> {
+        self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Source;
+    use std::sync::Arc;
+
+    fn entries(ids: &[u64]) -> Vec<RawEntry> {
+        let stream: StreamKey = Arc::from(&b"{a}:events"[..]);
+        ids.iter()
+            .map(|ms| RawEntry {
+                stream: stream.clone(),
+                id: EntryId { ms: *ms, seq: 0 },
+                fields: None,
+                source: Source::New,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fills_up_and_dedups() {
+        let now = Instant::now();
+        let mut batch = Batch::new(3, Duration::from_millis(50));
+        assert_eq!(batch.time_left(now), None);
+        assert!(!batch.is_ready(now));
+        batch.extend(entries(&[1, 2]), now);
+        batch.extend(entries(&[2]), now);
+        assert_eq!((batch.len(), batch.room()), (2, 1));
+        assert!(!batch.is_ready(now));
+        batch.extend(entries(&[3]), now);
+        assert!(batch.is_full() && batch.is_ready(now));
+    }
+
+    #[test]
+    fn lingers_from_the_first_entry() {
+        let start = Instant::now();
+        let mut batch = Batch::new(100, Duration::from_millis(50));
+        batch.extend(Vec::new(), start);
+        assert_eq!(batch.time_left(start), None);
+        batch.extend(entries(&[1]), start);
+        let later = start + Duration::from_millis(20);
+        assert_eq!(batch.time_left(later), Some(Duration::from_millis(30)));
+        assert!(!batch.is_ready(later));
+        assert!(batch.is_ready(start + Duration::from_millis(60)));
+    }
+}

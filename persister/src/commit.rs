@@ -1,0 +1,314 @@
+//! Stage 3, commit: one database transaction per batch holding the idempotent inserts, the
+//! revoke updates and the checkpoint. Replaying a batch (a crash between COMMIT and XACK)
+//! changes nothing and counts its events as duplicates.
+//!
+//! Each event touches the row of its (coupon, seq): an issue sets the issue columns, a revoke
+//! the revoke columns, whichever arrives first creates the row. So a revoke read before its
+//! issue (another consumer, a claim) still ends with the right row. The statements come in a
+//! few fixed shapes so prepared statements don't pile up.
+
+use crate::db::Db;
+use crate::event::{EntryId, Event, Op, StreamKey};
+use sqlx::{Any, QueryBuilder, Row, Transaction};
+use std::collections::{BTreeMap, HashMap};
+
+/// Multi-row insert sizes: a batch's new rows are cut greedily into these, so at most four
+/// insert statements are ever prepared. 256 rows × 7 columns stays far below MySQL's 65,535
+/// bind parameters, and 256 rows of two 512-byte keys far below `max_allowed_packet`.
+pub const INSERT_SHAPES: [usize; 4] = [256, 32, 4, 1];
+
+/// What a committed batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// New rows.
+    pub inserted: u64,
+    /// Rows that got their missing half (the issue after an early revoke, or a revoke).
+    pub updated: u64,
+    /// Events already in the database (a replay after a crash, or a second delivery).
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Default)]
+struct NewRow<'a> {
+    user: &'a [u8],
+    issue: Option<(i64, String)>,
+    revoke: Option<(i64, String)>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Present {
+    issue: bool,
+    revoke: bool,
+}
+
+/// Sizes to cut `n` rows into, largest first, all from [`INSERT_SHAPES`].
+pub fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    for shape in INSERT_SHAPES {
+        while n >= shape {
+            sizes.push(shape);
+            n -= shape;
+        }
+    }
+    sizes
+}
+
+/// Writes `events` and advances `group`'s checkpoint of each stream, in one transaction.
+pub async fn commit_batch(
+    db: &Db,
+    group: &str,
+    events: &[Event],
+    now_ms: i64,
+) -> Result<CommitStats, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    let mut stats = CommitStats::default();
+
+    let mut by_coupon: BTreeMap<&[u8], Vec<&Event>> = BTreeMap::new();
+    for event in events {
+        by_coupon.entry(&event.coupon).or_default().push(event);
+    }
+    for (coupon, mut coupon_events) in by_coupon {
+        coupon_events.sort_by_key(|event| (event.seq, event.id));
+        write_coupon(&mut tx, coupon, &coupon_events, &mut stats).await?;
+    }
+
+    let mut last_per_stream: BTreeMap<&StreamKey, EntryId> = BTreeMap::new();
+    for event in events {
+        let last = last_per_stream.entry(&event.stream).or_insert(event.id);
+        *last = (*last).max(event.id);
+    }
+    for (stream, last) in last_per_stream {
+        advance_checkpoint(&mut tx, group, stream, last, now_ms).await?;
+    }
+
+    tx.commit().await?;
+    Ok(stats)
+}
+
+async fn write_coupon(
+    tx: &mut Transaction<'static, Any>,
+    coupon: &[u8],
+    events: &[&Event],
+    stats: &mut CommitStats,
+) -> Result<(), sqlx::Error> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    // One shape for any batch: the seq range. Batches carry mostly consecutive seqs.
+    let rows = sqlx::query(
+        "SELECT seq, issue_entry_id, revoke_entry_id FROM coupon_issuance \
+         WHERE coupon = ? AND seq BETWEEN ? AND ?",
+    )
+    .bind(coupon)
+    .bind(first.seq)
+    .bind(last.seq)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut present: HashMap<i64, Present> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.try_get(0)?;
+        let issue: Option<String> = row.try_get(1)?;
+        let revoke: Option<String> = row.try_get(2)?;
+        present.insert(
+            seq,
+            Present {
+                issue: issue.is_some(),
+                revoke: revoke.is_some(),
+            },
+        );
+    }
+
+    let mut new_rows: BTreeMap<i64, NewRow<'_>> = BTreeMap::new();
+    let mut set_issue: Vec<&Event> = Vec::new();
+    let mut set_revoke: Vec<&Event> = Vec::new();
+    for event in events {
+        let stamp = (event.ts_ms, event.id.to_string());
+        if let Some(row) = present.get_mut(&event.seq) {
+            let (done, list) = match event.op {
+                Op::Issue => (&mut row.issue, &mut set_issue),
+                Op::Revoke => (&mut row.revoke, &mut set_revoke),
+            };
+            if *done {
+                stats.duplicates += 1;
+            } else {
+                *done = true;
+                list.push(event);
+            }
+            continue;
+        }
+        let row = new_rows.entry(event.seq).or_insert_with(|| NewRow {
+            user: &event.user,
+            ..NewRow::default()
+        });
+        let slot = match event.op {
+            Op::Issue => &mut row.issue,
+            Op::Revoke => &mut row.revoke,
+        };
+        if slot.is_some() {
+            stats.duplicates += 1;
+        } else {
+            *slot = Some(stamp);
+        }
+    }
+
+    let new_rows: Vec<(i64, NewRow<'_>)> = new_rows.into_iter().collect();
+    let mut rest = new_rows.as_slice();
+    for size in chunk_sizes(rest.len()) {
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let mut insert = QueryBuilder::<Any>::new(
+            "INSERT INTO coupon_issuance (coupon, seq, user, issued_at_ms, issue_entry_id, \
+             revoked_at_ms, revoke_entry_id) ",
+        );
+        insert.push_values(chunk, |mut values, (seq, row)| {
+            let (issued_at, issue_id) = row.issue.clone().unzip();
+            let (revoked_at, revoke_id) = row.revoke.clone().unzip();
+            values
+                .push_bind(coupon.to_vec())
+                .push_bind(*seq)
+                .push_bind(row.user.to_vec())
+                .push_bind(issued_at)
+                .push_bind(issue_id)
+                .push_bind(revoked_at)
+                .push_bind(revoke_id);
+        });
+        let done = insert.build().execute(&mut **tx).await?;
+        stats.inserted += done.rows_affected();
+    }
+
+    for event in set_issue {
+        let done = sqlx::query(
+            "UPDATE coupon_issuance SET issued_at_ms = ?, issue_entry_id = ? \
+             WHERE coupon = ? AND seq = ? AND issue_entry_id IS NULL",
+        )
+        .bind(event.ts_ms)
+        .bind(event.id.to_string())
+        .bind(coupon)
+        .bind(event.seq)
+        .execute(&mut **tx)
+        .await?;
+        count_update(stats, done.rows_affected());
+    }
+    for event in set_revoke {
+        let done = sqlx::query(
+            "UPDATE coupon_issuance SET revoked_at_ms = ?, revoke_entry_id = ? \
+             WHERE coupon = ? AND seq = ? AND revoke_entry_id IS NULL",
+        )
+        .bind(event.ts_ms)
+        .bind(event.id.to_string())
+        .bind(coupon)
+        .bind(event.seq)
+        .execute(&mut **tx)
+        .await?;
+        count_update(stats, done.rows_affected());
+    }
+    Ok(())
+}
+
+/// An update that matched nothing lost a race with another consumer that wrote it first.
+fn count_update(stats: &mut CommitStats, affected: u64) {
+    if affected == 0 {
+        stats.duplicates += 1;
+    } else {
+        stats.updated += affected;
+    }
+}
+
+async fn advance_checkpoint(
+    tx: &mut Transaction<'static, Any>,
+    group: &str,
+    stream: &[u8],
+    last: EntryId,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    let current = read_checkpoint_in(&mut **tx, group, stream).await?;
+    let (ms, seq) = (to_i64(last.ms), to_i64(last.seq));
+    match current {
+        None => {
+            sqlx::query(
+                "INSERT INTO coupon_checkpoint \
+                 (consumer_group, stream, last_ms, last_seq, updated_at_ms) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(group)
+            .bind(stream)
+            .bind(ms)
+            .bind(seq)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Some(current) if current < last => {
+            sqlx::query(
+                "UPDATE coupon_checkpoint SET last_ms = ?, last_seq = ?, updated_at_ms = ? \
+                 WHERE consumer_group = ? AND stream = ?",
+            )
+            .bind(ms)
+            .bind(seq)
+            .bind(now_ms)
+            .bind(group)
+            .bind(stream)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+async fn read_checkpoint_in<'e, E>(
+    executor: E,
+    group: &str,
+    stream: &[u8],
+) -> Result<Option<EntryId>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    let row = sqlx::query(
+        "SELECT last_ms, last_seq FROM coupon_checkpoint WHERE consumer_group = ? AND stream = ?",
+    )
+    .bind(group)
+    .bind(stream)
+    .fetch_optional(executor)
+    .await?;
+    match row {
+        None => Ok(None),
+        Some(row) => {
+            let ms: i64 = row.try_get(0)?;
+            let seq: i64 = row.try_get(1)?;
+            Ok(Some(EntryId {
+                ms: u64::try_from(ms).unwrap_or(0),
+                seq: u64::try_from(seq).unwrap_or(0),
+            }))
+        }
+    }
+}
+
+/// The highest entry ID of `stream` that `group` has committed.
+pub async fn read_checkpoint(
+    db: &Db,
+    group: &str,
+    stream: &[u8],
+) -> Result<Option<EntryId>, sqlx::Error> {
+    read_checkpoint_in(&db.pool, group, stream).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_few_shapes() {
+        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
+        assert_eq!(chunk_sizes(1), vec![1]);
+        assert_eq!(chunk_sizes(300), vec![256, 32, 4, 4, 4]);
+        for n in 0..2000 {
+            let sizes = chunk_sizes(n);
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.iter().all(|s| INSERT_SHAPES.contains(s)));
+        }
+    }
+}

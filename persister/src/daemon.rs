@@ -1,0 +1,600 @@
+//! The loop that drives the stages: read → batch → commit → ack → trim, with the retries,
+//! the dead-lettering and the shutdown rules around them.
+
+use crate::ack;
+use crate::backoff::Backoff;
+use crate::batch::Batch;
+use crate::commit::{commit_batch, read_checkpoint, CommitStats};
+use crate::config::Settings;
+use crate::db::{classify, error_label, Db, ErrorKind};
+use crate::event::{EntryId, Event, Malformed, RawEntry, StreamKey};
+use crate::metrics::{now_ms, Metrics};
+use crate::read::{ReadConfig, ReadError, Reader, Vanished};
+use crate::trim;
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Longest `XREADGROUP … BLOCK` while no batch is open: bounds how long SIGTERM waits for a
+/// read in flight and how late periodic work (discovery, claims, trims) runs.
+const IDLE_BLOCK: Duration = Duration::from_millis(500);
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// The outcome of committing a set of events.
+enum Commit {
+    Done(CommitStats),
+    /// The database refused the data itself; retrying the same rows would fail again.
+    Refused(sqlx::Error),
+    /// Shutting down and out of time: nothing of it was acknowledged.
+    GaveUp,
+}
+
+pub struct Daemon {
+    settings: Settings,
+    group: String,
+    db: Db,
+    reader: Reader,
+    conn: ConnectionManager,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    deadline: Option<Instant>,
+}
+
+/// Waits for a shutdown signal or `delay`, whichever comes first.
+async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
+    if *shutdown.borrow() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Retries `attempt` with capped exponential backoff until it succeeds or shutdown is asked.
+async fn until_ready<T, E, F, Fut>(
+    what: &str,
+    settings: &Settings,
+    metrics: &Metrics,
+    shutdown: &mut watch::Receiver<bool>,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::new(FIRST_RETRY, Duration::from_millis(settings.backoff_max_ms));
+    loop {
+        match attempt().await {
+            Ok(value) => {
+                metrics.set_healthy(true);
+                return Some(value);
+            }
+            Err(e) => {
+                metrics.set_healthy(false);
+                metrics.error(what);
+                metrics.retry(what);
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, ?delay, "{what} failed; retrying");
+                if *shutdown.borrow() {
+                    return None;
+                }
+                pause(shutdown, delay).await;
+                if *shutdown.borrow() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Opens a Redis connection that reconnects by itself after a server restart.
+pub async fn redis_connection(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(30)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_with_config(client.clone(), config).await
+}
+
+/// Applies the migrations (waiting for the database), for `migrate` and at start.
+pub async fn migrate(db: &Db, settings: &Settings, metrics: &Metrics) -> anyhow::Result<()> {
+    let (_keep, mut never) = watch::channel(false);
+    until_ready("db_migrate", settings, metrics, &mut never, || db.migrate())
+        .await
+        .context("migrations did not run")
+}
+
+impl Daemon {
+    /// Connects (waiting for the database and Redis as long as needed) and migrates.
+    /// `None` when shutdown was asked before both were there.
+    pub async fn start(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<Daemon>> {
+        let db = Db::open(&settings.database_url)?;
+        if until_ready("db_migrate", &settings, &metrics, &mut shutdown, || {
+            db.migrate()
+        })
+        .await
+        .is_none()
+        {
+            return Ok(None);
+        }
+        let client = redis::Client::open(settings.redis_url.as_str()).context("--redis-url")?;
+        let Some(read_conn) =
+            until_ready("redis_connect", &settings, &metrics, &mut shutdown, || {
+                redis_connection(&client)
+            })
+            .await
+        else {
+            return Ok(None);
+        };
+        let Some(conn) = until_ready("redis_connect", &settings, &metrics, &mut shutdown, || {
+            redis_connection(&client)
+        })
+        .await
+        else {
+            return Ok(None);
+        };
+        let consumer = settings.consumer_name();
+        tracing::info!(
+            group = %settings.group,
+            %consumer,
+            database = ?db.backend,
+            "persister started"
+        );
+        let reader = Reader::new(
+            read_conn,
+            ReadConfig {
+                group: settings.group.clone(),
+                consumer,
+                pattern: settings.stream_pattern.clone(),
+                claim_idle: settings.claim_idle(),
+            },
+        );
+        Ok(Some(Daemon {
+            group: settings.group.clone(),
+            settings,
+            db,
+            reader,
+            conn,
+            metrics,
+            shutdown,
+            deadline: None,
+        }))
+    }
+
+    /// Whether shutdown was asked; the first time, starts the shutdown clock.
+    fn stopping(&mut self) -> bool {
+        if *self.shutdown.borrow() {
+            if self.deadline.is_none() {
+                tracing::info!("shutdown asked: finishing the batch in flight");
+                self.deadline =
+                    Some(Instant::now() + Duration::from_millis(self.settings.shutdown_timeout_ms));
+            }
+            return true;
+        }
+        false
+    }
+
+    fn out_of_time(&mut self) -> bool {
+        self.stopping()
+            && self
+                .deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Sleeps for a retry, never past the shutdown deadline.
+    async fn retry_pause(&mut self, delay: Duration) {
+        let delay = match self.deadline {
+            Some(deadline) => delay.min(deadline.saturating_duration_since(Instant::now())),
+            None => delay,
+        };
+        if self.deadline.is_some() {
+            tokio::time::sleep(delay).await;
+        } else {
+            pause(&mut self.shutdown, delay).await;
+        }
+    }
+
+    /// Runs until shutdown is asked, then finishes the batch in flight and returns.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let discover_every = Duration::from_millis(self.settings.discover_interval_ms.max(10));
+        let claim_every = (self.settings.claim_idle() / 2).max(Duration::from_millis(50));
+        let trim_every = Duration::from_millis(match self.settings.trim_interval_ms {
+            0 => 10_000,
+            ms => ms,
+        });
+        let mut next_discover = Instant::now();
+        let mut next_claim = Instant::now() + claim_every;
+        let mut next_trim = Instant::now() + trim_every;
+        let mut backoff = Backoff::new(
+            FIRST_RETRY,
+            Duration::from_millis(self.settings.backoff_max_ms),
+        );
+        while !self.stopping() {
+            self.metrics.beat();
+            let now = Instant::now();
+            if now >= next_discover {
+                match self.reader.discover().await {
+                    Ok(found) => {
+                        if found > 0 {
+                            tracing::info!(found, "new coupon streams");
+                        }
+                        next_discover = now + discover_every;
+                        self.metrics
+                            .streams
+                            .set(i64::try_from(self.reader.streams().len()).unwrap_or(i64::MAX));
+                    }
+                    Err(e) => {
+                        self.read_failed(&e, &mut backoff).await;
+                        continue;
+                    }
+                }
+            }
+            if now >= next_claim && !self.reader.claiming() {
+                self.reader.start_claim_round();
+                next_claim = now + claim_every;
+            }
+            let batch = match self.fill_batch().await {
+                Ok(batch) => {
+                    backoff.reset();
+                    batch
+                }
+                Err((batch, e)) => {
+                    if e.lost_group() {
+                        next_discover = Instant::now();
+                    }
+                    self.read_failed(&e, &mut backoff).await;
+                    batch
+                }
+            };
+            if !batch.is_empty() {
+                self.process(batch.into_entries()).await;
+            }
+            if Instant::now() >= next_trim && !self.stopping() {
+                self.maintain().await;
+                next_trim = Instant::now() + trim_every;
+            }
+        }
+        tracing::info!("persister stopped");
+        Ok(())
+    }
+
+    async fn read_failed(&mut self, error: &ReadError, backoff: &mut Backoff) {
+        self.metrics.error(error.label());
+        self.metrics.retry("read");
+        self.metrics.set_healthy(false);
+        if error.lost_group() {
+            tracing::warn!(%error, "consumer group gone; joining the streams again");
+            self.reader.forget_streams();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(%error, ?delay, "reading the streams failed; retrying");
+        pause(&mut self.shutdown, delay).await;
+    }
+
+    /// Reads until the batch is full or has lingered long enough. On a read error, hands
+    /// back what was gathered so far with the error.
+    async fn fill_batch(&mut self) -> Result<Batch, (Batch, ReadError)> {
+        let mut batch = Batch::new(self.settings.batch_size as usize, self.settings.linger());
+        loop {
+            let now = Instant::now();
+            if batch.is_ready(now) || (self.stopping() && !self.reader.draining()) {
+                return Ok(batch);
+            }
+            let room = batch.room();
+            let read = if self.reader.draining() {
+                self.reader.read_own_pending(room).await
+            } else if self.reader.claiming() {
+                match self.reader.claim(room).await {
+                    Ok((entries, vanished)) => {
+                        self.alarm_vanished(&vanished);
+                        Ok(entries)
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                let block = batch
+                    .time_left(now)
+                    .unwrap_or(IDLE_BLOCK)
+                    .max(Duration::from_millis(1));
+                let entries = self.reader.read_new(room, block).await;
+                match entries {
+                    Ok(entries) if entries.is_empty() => {
+                        // Waited the whole linger (or idle) time: go with what there is.
+                        return Ok(batch);
+                    }
+                    other => other,
+                }
+            };
+            match read {
+                Ok(entries) => {
+                    for entry in &entries {
+                        self.metrics
+                            .events_read
+                            .with_label_values(&[entry.source.label()])
+                            .inc();
+                    }
+                    batch.extend(entries, Instant::now());
+                    self.metrics.set_healthy(true);
+                }
+                Err(e) => return Err((batch, e)),
+            }
+        }
+    }
+
+    fn alarm_vanished(&self, vanished: &[Vanished]) {
+        for entry in vanished {
+            self.metrics.vanished.inc();
+            tracing::error!(
+                stream = %String::from_utf8_lossy(&entry.stream),
+                id = %entry.id,
+                "ALARM: a pending entry's payload is gone from the stream (trimmed or deleted \
+                 before it was persisted); Redis dropped it from the pending list"
+            );
+        }
+    }
+
+    /// Commits a batch's events, acknowledges them, and deals with the ones that failed.
+    async fn process(&mut self, entries: Vec<RawEntry>) {
+        let mut events: Vec<Event> = Vec::with_capacity(entries.len());
+        let mut failed: Vec<(&RawEntry, String)> = Vec::new();
+        for entry in &entries {
+            match entry.parse() {
+                Ok(event) => events.push(event),
+                Err(Malformed::PayloadGone) => {
+                    self.metrics.vanished.inc();
+                    tracing::error!(
+                        stream = %String::from_utf8_lossy(&entry.stream),
+                        id = %entry.id,
+                        "ALARM: a pending entry's payload is gone from the stream; it is left \
+                         pending, not acknowledged"
+                    );
+                }
+                Err(why) => failed.push((entry, why.to_string())),
+            }
+        }
+
+        let mut committed: Vec<(StreamKey, EntryId)> = Vec::with_capacity(events.len());
+        if !events.is_empty() {
+            match self.commit(&events).await {
+                Commit::Done(stats) => {
+                    self.record(&events, stats);
+                    committed.extend(events.iter().map(|e| (e.stream.clone(), e.id)));
+                }
+                Commit::GaveUp => return,
+                Commit::Refused(error) => {
+                    tracing::warn!(%error, "the database refused a batch; committing its events one by one");
+                    for event in &events {
+                        match self.commit(std::slice::from_ref(event)).await {
+                            Commit::Done(stats) => {
+                                self.record(std::slice::from_ref(event), stats);
+                                committed.push((event.stream.clone(), event.id));
+                            }
+                            Commit::GaveUp => break,
+                            Commit::Refused(error) => {
+                                if let Some(entry) = entries
+                                    .iter()
+                                    .find(|e| e.id == event.id && e.stream == event.stream)
+                                {
+                                    failed.push((entry, format!("database refused it: {error}")));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        self.acknowledge(&committed).await;
+        for (entry, reason) in failed {
+            self.failed_entry(entry, &reason).await;
+        }
+    }
+
+    fn record(&self, events: &[Event], stats: CommitStats) {
+        let m = &self.metrics;
+        m.batch_size.observe(events.len() as f64);
+        m.rows_written
+            .with_label_values(&["inserted"])
+            .inc_by(stats.inserted);
+        m.rows_written
+            .with_label_values(&["updated"])
+            .inc_by(stats.updated);
+        m.duplicates.inc_by(stats.duplicates);
+        let now = now_ms();
+        for event in events {
+            m.lag_seconds
+                .observe((now - event.ts_ms).max(0) as f64 / 1000.0);
+        }
+        tracing::debug!(
+            events = events.len(),
+            inserted = stats.inserted,
+            updated = stats.updated,
+            duplicates = stats.duplicates,
+            "batch committed"
+        );
+    }
+
+    /// One transaction, retried while the database is unavailable. A COMMIT in flight is
+    /// never cancelled: the shutdown deadline is only looked at between attempts.
+    async fn commit(&mut self, events: &[Event]) -> Commit {
+        let mut backoff = Backoff::new(
+            FIRST_RETRY,
+            Duration::from_millis(self.settings.backoff_max_ms),
+        );
+        loop {
+            let started = Instant::now();
+            match commit_batch(&self.db, &self.group, events, now_ms()).await {
+                Ok(stats) => {
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.set_healthy(true);
+                    return Commit::Done(stats);
+                }
+                Err(error) => {
+                    self.metrics.error(error_label(&error));
+                    if classify(&error) == ErrorKind::Data {
+                        return Commit::Refused(error);
+                    }
+                    self.metrics.set_healthy(false);
+                    self.metrics.retry("commit");
+                    if self.out_of_time() {
+                        tracing::warn!(%error, "shutting down: batch left pending, not committed");
+                        return Commit::GaveUp;
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, ?delay, events = events.len(), "commit failed; retrying");
+                    self.retry_pause(delay).await;
+                }
+            }
+        }
+    }
+
+    /// `XACK` after COMMIT, retried while Redis is unavailable. Entries left unacknowledged
+    /// (out of time at shutdown) are delivered again and counted as duplicates.
+    async fn acknowledge(&mut self, committed: &[(StreamKey, EntryId)]) {
+        if committed.is_empty() {
+            return;
+        }
+        let mut backoff = Backoff::new(
+            FIRST_RETRY,
+            Duration::from_millis(self.settings.backoff_max_ms),
+        );
+        loop {
+            match ack::ack(&mut self.conn, &self.group, committed).await {
+                Ok(count) => {
+                    self.metrics.acked.inc_by(count);
+                    return;
+                }
+                Err(error) => {
+                    self.metrics.error("redis_ack");
+                    self.metrics.retry("ack");
+                    if self.out_of_time() {
+                        tracing::warn!(%error, "shutting down: committed entries left unacknowledged");
+                        return;
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, ?delay, "XACK failed; retrying");
+                    self.retry_pause(delay).await;
+                }
+            }
+        }
+    }
+
+    /// An entry that could not be written: dead-lettered once it has been delivered
+    /// `max_deliveries` times, else left pending to be claimed and tried again.
+    async fn failed_entry(&mut self, entry: &RawEntry, reason: &str) {
+        let stream = String::from_utf8_lossy(&entry.stream).into_owned();
+        let deliveries = match ack::delivery_count(
+            &mut self.conn,
+            &self.group,
+            &entry.stream,
+            entry.id,
+        )
+        .await
+        {
+            Ok(Some(count)) => count,
+            Ok(None) => return,
+            Err(error) => {
+                self.metrics.error("redis_pending");
+                tracing::warn!(%error, %stream, id = %entry.id, "cannot read the delivery count");
+                return;
+            }
+        };
+        if deliveries < self.settings.max_deliveries {
+            self.metrics.error("bad_entry");
+            tracing::warn!(
+                %stream, id = %entry.id, %reason, deliveries,
+                max = self.settings.max_deliveries,
+                "entry cannot be persisted; left pending for another try"
+            );
+            return;
+        }
+        match ack::dead_letter(
+            &mut self.conn,
+            &self.settings.dead_letter_stream,
+            &self.group,
+            entry,
+            reason,
+            deliveries,
+        )
+        .await
+        {
+            Ok(()) => {
+                self.metrics.dead_lettered.inc();
+                tracing::error!(
+                    %stream, id = %entry.id, %reason, deliveries,
+                    dead_letter_stream = %self.settings.dead_letter_stream,
+                    "entry dead-lettered"
+                );
+            }
+            Err(error) => {
+                self.metrics.error("redis_dead_letter");
+                tracing::warn!(%error, %stream, id = %entry.id, "dead-lettering failed");
+            }
+        }
+    }
+
+    /// Samples the pending count and trims committed entries.
+    async fn maintain(&mut self) {
+        let mut pending: u64 = 0;
+        let trim = self.settings.trim_interval_ms > 0;
+        for stream in self.reader.streams().to_vec() {
+            let groups = match trim::group_states(&mut self.conn, &stream).await {
+                Ok(groups) => groups,
+                Err(error) => {
+                    self.metrics.error("redis_trim");
+                    tracing::warn!(%error, "cannot read the stream's groups");
+                    continue;
+                }
+            };
+            pending += groups
+                .iter()
+                .filter(|g| g.name == self.group)
+                .map(|g| g.pending)
+                .sum::<u64>();
+            if !trim {
+                continue;
+            }
+            let checkpoint = match read_checkpoint(&self.db, &self.group, &stream).await {
+                Ok(checkpoint) => checkpoint,
+                Err(error) => {
+                    self.metrics.error(error_label(&error));
+                    tracing::warn!(%error, "cannot read the checkpoint; not trimming");
+                    continue;
+                }
+            };
+            let Some(min_id) = trim::safe_min_id(checkpoint, &groups) else {
+                continue;
+            };
+            match trim::trim(&mut self.conn, &stream, min_id).await {
+                Ok(removed) => {
+                    self.metrics.trimmed.inc_by(removed);
+                    if removed > 0 {
+                        tracing::debug!(
+                            stream = %String::from_utf8_lossy(&stream),
+                            %min_id, removed, "trimmed"
+                        );
+                    }
+                }
+                Err(error) => {
+                    self.metrics.error("redis_trim");
+                    tracing::warn!(%error, "XTRIM failed");
+                }
+            }
+        }
+        self.metrics
+            .pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+}

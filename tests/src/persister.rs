@@ -1,0 +1,598 @@
+//! The persister under test: the real `coupon-persister` binary as a child process (so tests
+//! can SIGKILL or SIGTERM it), a ledger of what the tests issued and revoked, and the check
+//! that the database holds exactly that — and what Redis holds.
+
+use crate::{MariaDb, Server};
+use redis::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The binary: `$COUPON_PERSISTER_BIN` if set, else `target/release/coupon-persister`, built
+/// with `cargo build --release -p coupon-persister` the first time a test asks.
+pub fn persister_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(path) = std::env::var_os("COUPON_PERSISTER_BIN") {
+            return PathBuf::from(path);
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "coupon-persister"])
+            .current_dir(&root)
+            .status()
+            .expect("cannot run cargo to build the persister");
+        assert!(status.success(), "building the persister failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let path = target.join("release").join("coupon-persister");
+        assert!(
+            path.exists(),
+            "{} is missing after the build",
+            path.display()
+        );
+        path
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("cannot find a free port")
+}
+
+/// Flags every test run gets unless it overrides them: fast discovery, short linger, short
+/// backoff, no trimming, metrics on a free port.
+const DEFAULTS: [(&str, &str); 8] = [
+    ("group", "persister"),
+    ("consumer", "c1"),
+    ("linger-ms", "20"),
+    ("discover-interval-ms", "100"),
+    ("claim-idle-ms", "2000"),
+    ("backoff-max-ms", "300"),
+    ("trim-interval-ms", "0"),
+    ("shutdown-timeout-ms", "5000"),
+];
+
+/// A running `coupon-persister`; SIGKILLed on drop.
+pub struct Persister {
+    child: Option<Child>,
+    dir: TempDir,
+    metrics_port: u16,
+    runs: usize,
+    args: Vec<String>,
+}
+
+impl Persister {
+    /// Starts one against `redis_url` and `database_url`; `flags` (name without `--`,
+    /// value) override the defaults.
+    pub fn start(redis_url: &str, database_url: &str, flags: &[(&str, &str)]) -> Persister {
+        let metrics_port = free_port();
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let mut settings: BTreeMap<String, String> = DEFAULTS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        settings.insert("redis-url".into(), redis_url.into());
+        settings.insert("database-url".into(), database_url.into());
+        settings.insert("metrics-addr".into(), metrics_addr);
+        for (name, value) in flags {
+            settings.insert(name.to_string(), value.to_string());
+        }
+        let args = settings
+            .into_iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v])
+            .collect();
+        let dir = tempfile::Builder::new()
+            .prefix("coupon-persister-")
+            .tempdir()
+            .expect("cannot create a temp dir for the persister");
+        let mut persister = Persister {
+            child: None,
+            dir,
+            metrics_port,
+            runs: 0,
+            args,
+        };
+        persister.launch();
+        persister
+    }
+
+    fn launch(&mut self) {
+        self.runs += 1;
+        let log_path = self.dir.path().join(format!("run-{}.log", self.runs));
+        let log = std::fs::File::create(&log_path).expect("cannot create the persister log");
+        let child = Command::new(persister_path())
+            .args(&self.args)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info,coupon_persister=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start coupon-persister");
+        self.child = Some(child);
+    }
+
+    /// Starts it again with the same flags (the same consumer name) after a kill or exit.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|child| child.id())
+    }
+
+    /// `kill -9`: no batch is finished, nothing is flushed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit: its status and how long it took, or
+    /// `None` if it did not exit (it is then killed).
+    pub fn terminate(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
+        let mut child = self.child.take()?;
+        let sent = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -TERM failed");
+        while sent.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some((status, sent.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The logs of every run so far.
+    pub fn log(&self) -> String {
+        (1..=self.runs)
+            .map(|run| {
+                let path = self.dir.path().join(format!("run-{run}.log"));
+                format!(
+                    "--- run {run} ---\n{}",
+                    std::fs::read_to_string(path).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// GET on the metrics server: `(status line, body)`.
+    pub fn http_get(&self, path: &str) -> Option<(String, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    }
+
+    /// The value of an unlabelled metric (or the sum over its label sets), once the
+    /// metrics server answers.
+    pub fn metric(&self, name: &str) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((_, body)) = self.http_get("/metrics") {
+                return body
+                    .lines()
+                    .filter(|line| {
+                        line.strip_prefix(name)
+                            .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                    })
+                    .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no /metrics answer\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `{key}` for a plain key, the key itself if it has a hash tag (the module's rule).
+pub fn key_prefix(coupon: &[u8]) -> Vec<u8> {
+    let tagged = coupon
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| coupon[open + 1..].iter().position(|b| *b == b'}'))
+        .is_some_and(|len| len > 0);
+    if tagged {
+        coupon.to_vec()
+    } else {
+        [b"{".as_slice(), coupon, b"}"].concat()
+    }
+}
+
+pub fn events_key(coupon: &[u8]) -> Vec<u8> {
+    [key_prefix(coupon).as_slice(), b":events"].concat()
+}
+
+/// What the tests issued and revoked, from the module's replies: (coupon, seq) → (user,
+/// revoked).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    pub rows: BTreeMap<(Vec<u8>, i64), (Vec<u8>, bool)>,
+}
+
+impl Ledger {
+    /// Issues to every user of `users` in one pipeline; records the ones `ISSUED`.
+    pub fn issue(
+        &mut self,
+        conn: &mut redis::Connection,
+        coupon: &[u8],
+        users: &[Vec<u8>],
+        limit: i64,
+    ) {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("COUPON.ISSUE").arg(coupon).arg(user).arg(limit);
+        }
+        let replies: Vec<(String, Option<i64>, i64)> =
+            pipe.query(conn).expect("COUPON.ISSUE pipeline");
+        for (user, (status, seq, _)) in users.iter().zip(replies) {
+            if status == "ISSUED" {
+                let seq = seq.expect("an ISSUED reply has a seq");
+                self.rows
+                    .insert((coupon.to_vec(), seq), (user.clone(), false));
+            }
+        }
+    }
+
+    /// Revokes in one pipeline; records the ones revoked now.
+    pub fn revoke(&mut self, conn: &mut redis::Connection, coupon: &[u8], users: &[Vec<u8>]) {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("COUPON.REVOKE").arg(coupon).arg(user);
+        }
+        let replies: Vec<i64> = pipe.query(conn).expect("COUPON.REVOKE pipeline");
+        for (user, revoked) in users.iter().zip(replies) {
+            if revoked == 1 {
+                let row = self
+                    .rows
+                    .iter_mut()
+                    .find(|((c, _), (u, r))| c == coupon && u == user && !*r)
+                    .expect("a revoked user was an issued holder");
+                row.1 .1 = true;
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: Ledger) {
+        self.rows.extend(other.rows);
+    }
+
+    pub fn coupons(&self) -> BTreeSet<Vec<u8>> {
+        self.rows.keys().map(|(coupon, _)| coupon.clone()).collect()
+    }
+
+    pub fn revoked(&self) -> usize {
+        self.rows.values().filter(|(_, revoked)| *revoked).count()
+    }
+}
+
+/// A load generator on its own thread: pipelined issues to `coupons` round-robin, and a
+/// revoke of every seventh holder, until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Ledger>>,
+}
+
+impl Load {
+    pub fn start(server: &Server, coupons: Vec<String>, tag: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = server.client();
+        let tag = tag.to_string();
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut conn = client.get_connection().expect("load connection");
+            let mut ledger = Ledger::default();
+            let mut round = 0usize;
+            while !flag.load(Ordering::Relaxed) {
+                for coupon in &coupons {
+                    let users: Vec<Vec<u8>> = (0..20)
+                        .map(|i| format!("{tag}-{round}-{i}").into_bytes())
+                        .collect();
+                    ledger.issue(&mut conn, coupon.as_bytes(), &users, i64::MAX);
+                    let revoked: Vec<Vec<u8>> = users.iter().step_by(7).cloned().collect();
+                    ledger.revoke(&mut conn, coupon.as_bytes(), &revoked);
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            ledger
+        });
+        Load {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn stop(mut self) -> Ledger {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("the load thread panicked")
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One row of `coupon_issuance`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbRow {
+    pub coupon: Vec<u8>,
+    pub seq: i64,
+    pub user: Vec<u8>,
+    pub issue_entry_id: Option<String>,
+    pub revoke_entry_id: Option<String>,
+    pub issued_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Runs a query against the database (MySQL or SQLite URL) and returns its rows.
+pub fn query_rows(database_url: &str, sql: &str) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    runtime().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(database_url).await?;
+        let rows = sqlx::query(sql).fetch_all(&mut conn).await;
+        let _ = conn.close().await;
+        rows
+    })
+}
+
+/// Every row of `coupon_issuance`, or the error (the table may not exist yet).
+pub fn db_rows(database_url: &str) -> Result<Vec<DbRow>, sqlx::Error> {
+    use sqlx::Row;
+    query_rows(
+        database_url,
+        // HEX(): sqlx's Any driver hands MySQL's VARBINARY over as text.
+        "SELECT HEX(coupon), seq, HEX(user), issue_entry_id, revoke_entry_id, issued_at_ms, \
+         revoked_at_ms FROM coupon_issuance ORDER BY coupon, seq",
+    )?
+    .into_iter()
+    .map(|row| {
+        Ok(DbRow {
+            coupon: unhex(&row.try_get::<String, _>(0)?),
+            seq: row.try_get(1)?,
+            user: unhex(&row.try_get::<String, _>(2)?),
+            issue_entry_id: row.try_get(3)?,
+            revoke_entry_id: row.try_get(4)?,
+            issued_at_ms: row.try_get(5)?,
+            revoked_at_ms: row.try_get(6)?,
+        })
+    })
+    .collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("HEX() output"))
+        .collect()
+}
+
+/// Differences between the database and the ledger; empty when they agree.
+pub fn differences(rows: &[DbRow], ledger: &Ledger) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for row in rows {
+        let key = (row.coupon.clone(), row.seq);
+        if !seen.insert(key.clone()) {
+            problems.push(format!("duplicate row {row:?}"));
+            continue;
+        }
+        match ledger.rows.get(&key) {
+            None => problems.push(format!("extra row {row:?}")),
+            Some((user, revoked)) => {
+                if &row.user != user {
+                    problems.push(format!("wrong user in {row:?}, expected {user:?}"));
+                }
+                if row.issue_entry_id.is_none() || row.issued_at_ms.is_none() {
+                    problems.push(format!("issue not recorded in {row:?}"));
+                }
+                if row.revoke_entry_id.is_some() != *revoked
+                    || row.revoked_at_ms.is_some() != *revoked
+                {
+                    problems.push(format!("revoke state wrong in {row:?}, expected {revoked}"));
+                }
+            }
+        }
+    }
+    for (key, value) in &ledger.rows {
+        if !seen.contains(key) {
+            problems.push(format!("missing row {key:?} → {value:?}"));
+        }
+    }
+    problems
+}
+
+/// Waits until the database equals the ledger (same (coupon, user, seq) set, revokes
+/// applied, no extra rows, no duplicates), then checks that Redis agrees with the ledger too
+/// (holders and counters of every coupon). Panics with the differences and the log after
+/// `limit`.
+pub fn assert_persisted(
+    server: Option<&Server>,
+    database_url: &str,
+    ledger: &Ledger,
+    limit: Duration,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let problems = match db_rows(database_url) {
+            Ok(rows) => differences(&rows, ledger),
+            Err(e) => vec![format!("cannot read the database: {e}")],
+        };
+        if problems.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let shown: Vec<_> = problems.iter().take(20).collect();
+            panic!(
+                "the database does not match after {limit:?}: {} problems, first {shown:#?}\n{}",
+                problems.len(),
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(server) = server {
+        assert_redis_matches(server, ledger);
+    }
+}
+
+/// Redis holds what the ledger says: each coupon's holders are exactly its unrevoked rows,
+/// `last_seq` is its highest seq and `revoked` its revoked count.
+pub fn assert_redis_matches(server: &Server, ledger: &Ledger) {
+    let mut conn = server.connect();
+    for coupon in ledger.coupons() {
+        let prefix = key_prefix(&coupon);
+        let holders: BTreeMap<Vec<u8>, i64> = redis::cmd("HGETALL")
+            .arg([prefix.as_slice(), b":holders"].concat())
+            .query(&mut conn)
+            .expect("HGETALL holders");
+        let expected: BTreeMap<Vec<u8>, i64> = ledger
+            .rows
+            .iter()
+            .filter(|((c, _), (_, revoked))| *c == coupon && !revoked)
+            .map(|((_, seq), (user, _))| (user.clone(), *seq))
+            .collect();
+        assert_eq!(
+            holders,
+            expected,
+            "holders of {:?}",
+            String::from_utf8_lossy(&coupon)
+        );
+        let meta: BTreeMap<String, i64> = redis::cmd("HGETALL")
+            .arg([prefix.as_slice(), b":meta"].concat())
+            .query(&mut conn)
+            .expect("HGETALL meta");
+        let rows = ledger.rows.keys().filter(|(c, _)| *c == coupon);
+        assert_eq!(
+            meta.get("last_seq").copied(),
+            rows.map(|(_, seq)| *seq).max(),
+            "last_seq of {:?}",
+            String::from_utf8_lossy(&coupon)
+        );
+        let revoked = ledger
+            .rows
+            .iter()
+            .filter(|((c, _), (_, revoked))| *c == coupon && *revoked)
+            .count() as i64;
+        assert_eq!(meta.get("revoked").copied().unwrap_or(0), revoked);
+    }
+}
+
+/// Entries pending in `group`, over every `*:events` stream.
+pub fn pending(server: &Server, group: &str) -> u64 {
+    let mut conn = server.connect();
+    let streams: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*:events")
+        .query(&mut conn)
+        .expect("KEYS");
+    streams
+        .iter()
+        .map(|stream| {
+            let summary: Value = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .query(&mut conn)
+                .unwrap_or(Value::Nil);
+            match summary {
+                Value::Array(items) => match items.first() {
+                    Some(Value::Int(n)) => *n as u64,
+                    _ => 0,
+                },
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
+/// The database a test persists into.
+pub enum TestDb {
+    MariaDb(MariaDb),
+    /// A SQLite file in a temp dir, created by the persister.
+    Sqlite(TempDir),
+}
+
+impl TestDb {
+    pub fn mariadb() -> TestDb {
+        TestDb::MariaDb(MariaDb::start())
+    }
+
+    pub fn sqlite() -> TestDb {
+        TestDb::Sqlite(
+            tempfile::Builder::new()
+                .prefix("coupon-sqlite-")
+                .tempdir()
+                .expect("cannot create a temp dir for SQLite"),
+        )
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::MariaDb(db) => db.url(),
+            TestDb::Sqlite(dir) => format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("coupons.db").display()
+            ),
+        }
+    }
+}

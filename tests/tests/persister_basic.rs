@@ -1,0 +1,374 @@
+//! The persister's semantics on a clean run, on MariaDB and on SQLite: issues and revokes
+//! land exactly, new coupons are found without a restart, a revoke read before its issue
+//! ends right, a poison entry is dead-lettered while its neighbours commit, and trimming
+//! never passes what is committed.
+
+use coupon_tests::{
+    assert_persisted, db_rows, events_key, pending, persister_path, query_rows, Flavor, Ledger,
+    Persister, Server, TestDb,
+};
+use redis::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn users(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .collect()
+}
+
+fn plain_run(db: TestDb) {
+    let server = Server::start(Flavor::Redis);
+    // `migrate` on its own first; the daemon then finds nothing left to apply.
+    let status = std::process::Command::new(persister_path())
+        .args(["migrate", "--database-url", &db.url()])
+        .status()
+        .expect("coupon-persister migrate");
+    assert!(status.success(), "migrate failed");
+    assert!(db_rows(&db.url()).expect("the table exists").is_empty());
+
+    // Started before any coupon exists: every stream is found while it runs.
+    let persister = Persister::start(&server.url(), &db.url(), &[]);
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    ledger.issue(&mut conn, b"sale", &users("u", 30), 25);
+    ledger.issue(&mut conn, b"shop{7}:sale", &users("v", 10), 100);
+    let binary = vec![b"\x00bin\xff".to_vec(), b"with space".to_vec(), "é".into()];
+    ledger.issue(&mut conn, b"bytes", &binary, 10);
+    ledger.revoke(&mut conn, b"sale", &[b"u3".to_vec(), b"u7".to_vec()]);
+    ledger.revoke(&mut conn, b"bytes", &[b"\x00bin\xff".to_vec()]);
+    assert_eq!(ledger.rows.len(), 25 + 10 + 3);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+
+    // A coupon created later, and revokes of rows already persisted.
+    ledger.issue(&mut conn, b"later", &users("w", 5), 5);
+    ledger.revoke(&mut conn, b"sale", &[b"u0".to_vec()]);
+    ledger.issue(&mut conn, b"sale", &[b"u3".to_vec()], 25);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+
+    let deadline = Instant::now() + LIMIT;
+    while pending(&server, "persister") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "entries stay pending\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = (ledger.rows.len() + ledger.revoked()) as f64;
+    assert_eq!(persister.metric("coupon_persister_acked_total"), events);
+    assert_eq!(
+        persister.metric("coupon_persister_rows_written_total{kind=\"inserted\"}"),
+        ledger.rows.len() as f64,
+        "one row per issue"
+    );
+    assert_eq!(
+        persister.metric("coupon_persister_duplicates_skipped_total"),
+        0.0
+    );
+    assert_eq!(persister.metric("coupon_persister_streams"), 4.0);
+    let (status, body) = persister.http_get("/healthz").expect("/healthz answers");
+    assert!(status.contains("200"), "{status} {body}");
+}
+
+#[test]
+fn plain_run_on_mariadb() {
+    plain_run(TestDb::mariadb());
+}
+
+#[test]
+fn plain_run_on_sqlite() {
+    plain_run(TestDb::sqlite());
+}
+
+fn xadd(conn: &mut redis::Connection, stream: &[u8], fields: &[(&str, &[u8])]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (name, value) in fields {
+        cmd.arg(*name).arg(*value);
+    }
+    cmd.query(conn).expect("XADD")
+}
+
+/// Another consumer can commit a revoke before the issue it undoes: the row must end up
+/// issued and revoked, whatever the order and whether they share a batch.
+fn revoke_before_issue(db: TestDb) {
+    let server = Server::start(Flavor::Redis);
+    let mut conn = server.connect();
+    let stream = events_key(b"early");
+    let event = |op: &str, user: &[u8], seq: &str| -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("op", op.as_bytes().to_vec()),
+            ("coupon", b"early".to_vec()),
+            ("user", user.to_vec()),
+            ("seq", seq.as_bytes().to_vec()),
+            ("ts", b"1700000000000".to_vec()),
+        ]
+    };
+    let add = |conn: &mut redis::Connection, fields: Vec<(&'static str, Vec<u8>)>| {
+        let borrowed: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        xadd(conn, &stream, &borrowed);
+    };
+    // seq 1: revoke then issue, one entry per batch; seq 2: both in one batch (second run).
+    add(&mut conn, event("revoke", b"ann", "1"));
+    add(&mut conn, event("issue", b"ann", "1"));
+    add(&mut conn, event("issue", b"bob", "3"));
+    let mut ledger = Ledger::default();
+    ledger
+        .rows
+        .insert((b"early".to_vec(), 1), (b"ann".to_vec(), true));
+    ledger
+        .rows
+        .insert((b"early".to_vec(), 3), (b"bob".to_vec(), false));
+    let mut persister = Persister::start(&server.url(), &db.url(), &[("batch-size", "1")]);
+    assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
+    persister.kill();
+
+    add(&mut conn, event("revoke", b"cat", "2"));
+    add(&mut conn, event("issue", b"cat", "2"));
+    ledger
+        .rows
+        .insert((b"early".to_vec(), 2), (b"cat".to_vec(), true));
+    let persister = Persister::start(&server.url(), &db.url(), &[("linger-ms", "300")]);
+    assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
+}
+
+#[test]
+fn revoke_before_issue_on_mariadb() {
+    revoke_before_issue(TestDb::mariadb());
+}
+
+#[test]
+fn revoke_before_issue_on_sqlite() {
+    revoke_before_issue(TestDb::sqlite());
+}
+
+fn dead_letters(conn: &mut redis::Connection) -> Vec<BTreeMap<String, Vec<u8>>> {
+    let entries: Value = redis::cmd("XRANGE")
+        .arg("coupon-persister:dead-letter")
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .map(|entry| {
+            let Value::Array(mut parts) = entry else {
+                panic!("entry {entry:?}")
+            };
+            let fields: Vec<Vec<u8>> = redis::from_redis_value(parts.remove(1)).expect("fields");
+            fields
+                .chunks(2)
+                .map(|pair| {
+                    (
+                        String::from_utf8_lossy(&pair[0]).into_owned(),
+                        pair[1].clone(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A malformed entry amid good ones: the good ones commit in the same batch, the bad one is
+/// retried until it was delivered `--max-deliveries` times, then dead-lettered and acked.
+fn poison_entry(db: TestDb) {
+    let server = Server::start(Flavor::Redis);
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    ledger.issue(&mut conn, b"p", &users("a", 5), 100);
+    let stream = events_key(b"p");
+    let bad_id = xadd(
+        &mut conn,
+        &stream,
+        &[
+            ("op", b"issue"),
+            ("coupon", b"p"),
+            ("user", b"x"),
+            ("seq", b"abc"),
+            ("ts", b"1"),
+        ],
+    );
+    ledger.issue(&mut conn, b"p", &users("b", 5), 100);
+    let persister = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[
+            ("max-deliveries", "3"),
+            ("claim-idle-ms", "300"),
+            ("linger-ms", "200"),
+        ],
+    );
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+
+    let deadline = Instant::now() + LIMIT;
+    let letters = loop {
+        let letters = dead_letters(&mut conn);
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing dead-lettered\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["id"], bad_id.as_bytes());
+    assert_eq!(letter["stream"], stream);
+    assert_eq!(letter["deliveries"], b"3");
+    assert_eq!(letter["entry.seq"], b"abc");
+    assert!(
+        String::from_utf8_lossy(&letter["reason"]).contains("seq"),
+        "{letter:?}"
+    );
+    let deadline = Instant::now() + LIMIT;
+    while pending(&server, "persister") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "still pending\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        persister.metric("coupon_persister_dead_lettered_total"),
+        1.0
+    );
+    // The batch that held it committed its neighbours at the first delivery.
+    assert_eq!(persister.metric("coupon_persister_batch_size_count"), 1.0);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+}
+
+#[test]
+fn poison_entry_on_mariadb() {
+    poison_entry(TestDb::mariadb());
+}
+
+#[test]
+fn poison_entry_on_sqlite() {
+    poison_entry(TestDb::sqlite());
+}
+
+fn parse_id(text: &str) -> (u64, u64) {
+    let (ms, seq) = text.split_once('-').expect("an entry ID");
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
+/// Under load with trimming every 100 ms: whenever sampled, every entry already trimmed
+/// from a stream (all entries below the oldest one left, or all of them when it is empty)
+/// is at or below the group's checkpoint in the database, read just after. Which entries
+/// existed is known at the end: every event ID is in the database then.
+#[test]
+fn trimming_never_passes_the_checkpoint() {
+    let server = Server::start(Flavor::Redis);
+    let db = TestDb::mariadb();
+    let persister = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[("trim-interval-ms", "100"), ("batch-size", "50")],
+    );
+    let coupons: Vec<String> = (0..3).map(|i| format!("trim{i}")).collect();
+    let load = coupon_tests::Load::start(&server, coupons.clone(), "t");
+    let mut conn = server.connect();
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        for coupon in &coupons {
+            let stream = events_key(coupon.as_bytes());
+            let info: redis::RedisResult<BTreeMap<String, Value>> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&stream)
+                .query(&mut conn);
+            let Ok(info) = info else { continue };
+            let oldest_kept = match info.get("first-entry") {
+                Some(Value::Array(entry)) => {
+                    let id: String = redis::from_redis_value(entry[0].clone()).expect("id");
+                    Some(parse_id(&id))
+                }
+                _ => None,
+            };
+            let last: String =
+                redis::from_redis_value(info["last-generated-id"].clone()).expect("last id");
+            let last = parse_id(&last);
+            let checkpoint = query_rows(
+                &db.url(),
+                &format!(
+                    "SELECT last_ms, last_seq FROM coupon_checkpoint WHERE stream = '{}'",
+                    String::from_utf8_lossy(&stream)
+                ),
+            )
+            .ok()
+            .and_then(|rows| rows.into_iter().next())
+            .map(|row| {
+                use sqlx::Row;
+                let ms: i64 = row.get(0);
+                let seq: i64 = row.get(1);
+                (ms as u64, seq as u64)
+            });
+            // Entries below `gone_below` are trimmed.
+            let gone_below = oldest_kept.unwrap_or((last.0, last.1 + 1));
+            samples.push((coupon.clone(), gone_below, checkpoint));
+        }
+    }
+    let ledger = load.stop();
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    let mut ids: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for row in db_rows(&db.url()).expect("rows") {
+        let coupon = String::from_utf8_lossy(&row.coupon).into_owned();
+        for id in [&row.issue_entry_id, &row.revoke_entry_id]
+            .into_iter()
+            .flatten()
+        {
+            ids.entry(coupon.clone()).or_default().push(parse_id(id));
+        }
+    }
+    let mut trimmed_samples = 0;
+    for (coupon, gone_below, checkpoint) in &samples {
+        let trimmed = ids[coupon].iter().filter(|id| *id < gone_below);
+        if let Some(highest) = trimmed.max() {
+            trimmed_samples += 1;
+            let checkpoint = checkpoint
+                .unwrap_or_else(|| panic!("{coupon}: {highest:?} trimmed before any checkpoint"));
+            assert!(
+                *highest <= checkpoint,
+                "{coupon}: {highest:?} trimmed while the checkpoint was {checkpoint:?}"
+            );
+        }
+    }
+    assert!(
+        trimmed_samples > 10,
+        "{trimmed_samples} of {} samples saw trimming",
+        samples.len()
+    );
+    // Trimming happened: once everything is committed the streams shrink to nothing.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left: u64 = coupons
+            .iter()
+            .map(|c| -> u64 {
+                redis::cmd("XLEN")
+                    .arg(events_key(c.as_bytes()))
+                    .query(&mut conn)
+                    .expect("XLEN")
+            })
+            .sum();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} entries never trimmed\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(persister.metric("coupon_persister_trimmed_total") >= ledger.rows.len() as f64);
+}

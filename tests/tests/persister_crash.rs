@@ -1,0 +1,267 @@
+//! The persister under failures: kill -9 (mid-batch, and between COMMIT and XACK), SIGTERM
+//! under load, MariaDB killed and restarted, a second persister taking over a killed one's
+//! entries, Redis restarted. After each, the database equals Redis.
+
+use coupon_tests::{
+    assert_persisted, events_key, pending, Flavor, Ledger, Load, MariaDb, Persister, Server, TestDb,
+};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(40);
+
+fn coupons(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+fn wait_no_pending(server: &Server, persister: &Persister) {
+    let deadline = Instant::now() + LIMIT;
+    while pending(server, "persister") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "entries stay pending\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill_9_mid_run(db: TestDb) {
+    let server = Server::start(Flavor::Redis);
+    let load = Load::start(&server, coupons("k", 5), "k");
+    let mut persister = Persister::start(&server.url(), &db.url(), &[("batch-size", "100")]);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        persister.kill();
+        std::thread::sleep(Duration::from_millis(200));
+        persister.restart();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let ledger = load.stop();
+    assert!(
+        ledger.rows.len() > 1000,
+        "load too small: {}",
+        ledger.rows.len()
+    );
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    wait_no_pending(&server, &persister);
+}
+
+#[test]
+fn kill_9_mid_run_on_mariadb() {
+    kill_9_mid_run(TestDb::mariadb());
+}
+
+#[test]
+fn kill_9_mid_run_on_sqlite() {
+    kill_9_mid_run(TestDb::sqlite());
+}
+
+/// The state a kill -9 between COMMIT and XACK leaves: rows committed, entries still pending
+/// in the consumer's name. Made exactly by re-delivering every committed entry to `c1`
+/// without acknowledging; the restarted `c1` drains them first, writes nothing, counts them
+/// as duplicates and acknowledges them.
+#[test]
+fn kill_9_between_commit_and_ack() {
+    let server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    for coupon in ["ca", "cb"] {
+        let users: Vec<Vec<u8>> = (0..150).map(|i| format!("u{i}").into_bytes()).collect();
+        ledger.issue(&mut conn, coupon.as_bytes(), &users, 1000);
+        let revoked: Vec<Vec<u8>> = users.iter().step_by(10).cloned().collect();
+        ledger.revoke(&mut conn, coupon.as_bytes(), &revoked);
+    }
+    let events = ledger.rows.len() + ledger.revoked();
+    let mut persister = Persister::start(&server.url(), &db.url(), &[("batch-size", "64")]);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    wait_no_pending(&server, &persister);
+    let (status, _) = persister
+        .terminate(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
+    assert!(status.success());
+
+    let mut redelivered = 0;
+    for coupon in ["ca", "cb"] {
+        let stream = events_key(coupon.as_bytes());
+        let _: () = redis::cmd("XGROUP")
+            .arg("SETID")
+            .arg(&stream)
+            .arg("persister")
+            .arg("0")
+            .query(&mut conn)
+            .expect("XGROUP SETID");
+        let read: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("persister")
+            .arg("c1")
+            .arg("COUNT")
+            .arg(10_000)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query(&mut conn)
+            .expect("XREADGROUP");
+        drop(read);
+        redelivered += 1;
+    }
+    assert_eq!(redelivered, 2);
+    assert_eq!(pending(&server, "persister"), events as u64);
+
+    persister.restart();
+    wait_no_pending(&server, &persister);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    assert_eq!(
+        persister.metric("coupon_persister_events_read_total{source=\"pending\"}"),
+        events as f64
+    );
+    assert_eq!(
+        persister.metric("coupon_persister_duplicates_skipped_total"),
+        events as f64
+    );
+    assert_eq!(persister.metric("coupon_persister_rows_written_total"), 0.0);
+}
+
+/// SIGTERM while events pour in: the process exits 0 within a bounded time, and everything
+/// it had read was committed and acknowledged (nothing left pending in its name).
+#[test]
+fn sigterm_under_load() {
+    let server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let load = Load::start(&server, coupons("s", 5), "s");
+    let mut persister = Persister::start(&server.url(), &db.url(), &[("batch-size", "200")]);
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1000));
+        let (status, took) = persister
+            .terminate(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no exit after SIGTERM\n{}", persister.log()));
+        assert!(status.success(), "{status}\n{}", persister.log());
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert_eq!(
+            pending(&server, "persister"),
+            0,
+            "read but not committed and acked\n{}",
+            persister.log()
+        );
+        persister.restart();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ledger = load.stop();
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    wait_no_pending(&server, &persister);
+}
+
+/// MariaDB killed mid-run: /healthz turns 503, the persister backs off and retries, and when
+/// the database is back everything lands, once.
+#[test]
+fn mariadb_killed_and_restarted_mid_run() {
+    let server = Server::start(Flavor::Redis);
+    let mut db = MariaDb::start();
+    let load = Load::start(&server, coupons("m", 4), "m");
+    let persister = Persister::start(&server.url(), &db.url(), &[("batch-size", "200")]);
+    std::thread::sleep(Duration::from_millis(800));
+    db.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = persister.http_get("/healthz").expect("/healthz answers");
+        if status.contains("503") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still healthy with the database down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    db.restart();
+    std::thread::sleep(Duration::from_millis(700));
+    let ledger = load.stop();
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    wait_no_pending(&server, &persister);
+    assert!(persister.metric("coupon_persister_retries_total{stage=\"commit\"}") > 0.0);
+    let (status, _) = persister.http_get("/healthz").expect("/healthz answers");
+    assert!(status.contains("200"), "{status}");
+}
+
+/// Two persisters in one group; one is killed and never comes back. The other takes over its
+/// pending entries (and those of a consumer that read and vanished) once they are idle.
+#[test]
+fn two_persisters_one_killed() {
+    let server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    let users: Vec<Vec<u8>> = (0..100).map(|i| format!("g{i}").into_bytes()).collect();
+    ledger.issue(&mut conn, b"ghost", &users, 1000);
+    let stream = events_key(b"ghost");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("persister")
+        .arg("0")
+        .query(&mut conn)
+        .expect("XGROUP CREATE");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("persister")
+        .arg("vanished")
+        .arg("COUNT")
+        .arg(30)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut conn)
+        .expect("XREADGROUP");
+
+    let flags = [("claim-idle-ms", "1000"), ("batch-size", "100")];
+    let mut first = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[flags[0], flags[1], ("consumer", "c1")],
+    );
+    let second = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[flags[0], flags[1], ("consumer", "c2")],
+    );
+    let load = Load::start(&server, coupons("t", 4), "t");
+    std::thread::sleep(Duration::from_millis(1000));
+    first.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    ledger.merge(load.stop());
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || {
+        format!("{}\n{}", first.log(), second.log())
+    });
+    wait_no_pending(&server, &second);
+    assert!(second.metric("coupon_persister_events_read_total{source=\"claimed\"}") >= 1.0);
+}
+
+/// Redis restarted (from its append-only file) between two waves of issues: the persister
+/// reconnects and persists both.
+#[test]
+fn redis_restarted_mid_run() {
+    let mut server = Server::builder(Flavor::Redis).aof(true).start();
+    let db = MariaDb::start();
+    let persister = Persister::start(&server.url(), &db.url(), &[]);
+    let mut ledger = Load::start(&server, coupons("r", 3), "r1").stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let load = Load::start(&server, coupons("r", 3), "r2");
+    std::thread::sleep(Duration::from_millis(500));
+    ledger.merge(load.stop());
+    server.restart(true);
+    let deadline = Instant::now() + LIMIT;
+    // Answers CONFIG while still loading its AOF; commands wait for PING.
+    while redis::cmd("PING")
+        .query::<String>(&mut server.connect())
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "Redis never finished loading");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let load = Load::start(&server, coupons("r", 3), "r3");
+    std::thread::sleep(Duration::from_millis(700));
+    ledger.merge(load.stop());
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    wait_no_pending(&server, &persister);
+}

@@ -41,6 +41,22 @@ struct Present {
     revoke: bool,
 }
 
+/// Widest gap between two seqs looked up with one range query.
+const MAX_SEQ_GAP: i64 = 1024;
+
+/// Ranges covering sorted `seqs`, split where two neighbours are more than
+/// [`MAX_SEQ_GAP`] apart.
+pub fn seq_ranges(seqs: impl IntoIterator<Item = i64>) -> Vec<(i64, i64)> {
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for seq in seqs {
+        match ranges.last_mut() {
+            Some((_, high)) if seq >= *high && seq - *high <= MAX_SEQ_GAP => *high = seq,
+            _ => ranges.push((seq, seq)),
+        }
+    }
+    ranges
+}
+
 /// Sizes to cut `n` rows into, largest first, all from [`INSERT_SHAPES`].
 pub fn chunk_sizes(mut n: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
@@ -91,31 +107,32 @@ async fn write_coupon(
     events: &[&Event],
     stats: &mut CommitStats,
 ) -> Result<(), sqlx::Error> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else {
-        return Ok(());
-    };
-    // One shape for any batch: the seq range. Batches carry mostly consecutive seqs.
-    let rows = sqlx::query(
-        "SELECT seq, issue_entry_id, revoke_entry_id FROM coupon_issuance \
-         WHERE coupon = ? AND seq BETWEEN ? AND ?",
-    )
-    .bind(coupon)
-    .bind(first.seq)
-    .bind(last.seq)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut present: HashMap<i64, Present> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let seq: i64 = row.try_get(0)?;
-        let issue: Option<String> = row.try_get(1)?;
-        let revoke: Option<String> = row.try_get(2)?;
-        present.insert(
-            seq,
-            Present {
-                issue: issue.is_some(),
-                revoke: revoke.is_some(),
-            },
-        );
+    // One statement shape for any batch: a seq range. Batches carry runs of nearly
+    // consecutive seqs; a far-off seq (an old entry reclaimed) gets a range of its own
+    // instead of stretching one range over rows the batch does not touch.
+    let mut present: HashMap<i64, Present> = HashMap::new();
+    for (low, high) in seq_ranges(events.iter().map(|event| event.seq)) {
+        let rows = sqlx::query(
+            "SELECT seq, issue_entry_id, revoke_entry_id FROM coupon_issuance \
+             WHERE coupon = ? AND seq BETWEEN ? AND ?",
+        )
+        .bind(coupon)
+        .bind(low)
+        .bind(high)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in rows {
+            let seq: i64 = row.try_get(0)?;
+            let issue: Option<String> = row.try_get(1)?;
+            let revoke: Option<String> = row.try_get(2)?;
+            present.insert(
+                seq,
+                Present {
+                    issue: issue.is_some(),
+                    revoke: revoke.is_some(),
+                },
+            );
+        }
     }
 
     let mut new_rows: BTreeMap<i64, NewRow<'_>> = BTreeMap::new();
@@ -299,6 +316,16 @@ pub async fn read_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn far_apart_seqs_get_ranges_of_their_own() {
+        assert_eq!(seq_ranges([]), Vec::<(i64, i64)>::new());
+        assert_eq!(seq_ranges([1, 1, 2, 5, 900]), vec![(1, 900)]);
+        assert_eq!(
+            seq_ranges([3, 4, 1_000_000, 1_000_001]),
+            vec![(3, 4), (1_000_000, 1_000_001)]
+        );
+    }
 
     #[test]
     fn batches_are_cut_into_few_shapes() {

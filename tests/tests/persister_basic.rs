@@ -372,3 +372,132 @@ fn trimming_never_passes_the_checkpoint() {
     }
     assert!(persister.metric("coupon_persister_trimmed_total") >= ledger.rows.len() as f64);
 }
+
+/// An entry the database itself refuses (here: a user longer than the column, after the
+/// column was narrowed) inside a batch: the batch is retried entry by entry, the neighbours
+/// commit, and the refused entry is dead-lettered after `--max-deliveries`.
+#[test]
+fn entry_refused_by_the_database_is_dead_lettered() {
+    let server = Server::start(Flavor::Redis);
+    let db = coupon_tests::MariaDb::start();
+    let status = std::process::Command::new(persister_path())
+        .args(["migrate", "--database-url", &db.url()])
+        .status()
+        .expect("coupon-persister migrate");
+    assert!(status.success());
+    db.execute("ALTER TABLE coupon.coupon_issuance MODIFY user VARBINARY(16) NOT NULL");
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    ledger.issue(&mut conn, b"narrow", &users("a", 5), 100);
+    let long_user = vec![b'x'; 40];
+    let bad_id = xadd(
+        &mut conn,
+        &events_key(b"narrow"),
+        &[
+            ("op", b"issue"),
+            ("coupon", b"narrow"),
+            ("user", &long_user),
+            ("seq", b"99"),
+            ("ts", b"1"),
+        ],
+    );
+    ledger.issue(&mut conn, b"narrow", &users("b", 5), 100);
+    let persister = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[
+            ("max-deliveries", "3"),
+            ("claim-idle-ms", "300"),
+            ("linger-ms", "200"),
+        ],
+    );
+    assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
+    let deadline = Instant::now() + LIMIT;
+    let letters = loop {
+        let letters = dead_letters(&mut conn);
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing dead-lettered\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["id"], bad_id.as_bytes());
+    assert_eq!(letters[0]["entry.user"], long_user);
+    assert!(
+        String::from_utf8_lossy(&letters[0]["reason"]).contains("database refused"),
+        "{:?}",
+        letters[0]
+    );
+    let deadline = Instant::now() + LIMIT;
+    while pending(&server, "persister") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "still pending\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
+}
+
+/// A pending entry whose payload was deleted from the stream raises the alarm (metric and
+/// log) and is never acknowledged; its neighbours are persisted.
+#[test]
+fn pending_entry_without_payload_raises_the_alarm() {
+    let server = Server::start(Flavor::Redis);
+    let db = TestDb::sqlite();
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    ledger.issue(&mut conn, b"gone", &users("a", 3), 100);
+    let stream = events_key(b"gone");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("persister")
+        .arg("0")
+        .query(&mut conn)
+        .expect("XGROUP CREATE");
+    // Read by `c1` (then it "crashed"), and the middle entry deleted before it came back.
+    let read: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("persister")
+        .arg("c1")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut conn)
+        .expect("XREADGROUP");
+    drop(read);
+    let ids: Vec<(String, BTreeMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .expect("XRANGE");
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&ids[1].0)
+        .query(&mut conn)
+        .expect("XDEL");
+    ledger.rows.remove(&(b"gone".to_vec(), 2));
+
+    let persister = Persister::start(&server.url(), &db.url(), &[]);
+    assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
+    let deadline = Instant::now() + LIMIT;
+    while persister.metric("coupon_persister_pending_payload_missing_total") < 1.0 {
+        assert!(Instant::now() < deadline, "no alarm\n{}", persister.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        pending(&server, "persister"),
+        1,
+        "the gone entry stays pending"
+    );
+    assert!(persister.log().contains("ALARM"), "{}", persister.log());
+}

@@ -39,13 +39,17 @@ pub struct Daemon {
     reader: Reader,
     conn: ConnectionManager,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Shutdown>,
     deadline: Option<Instant>,
 }
 
+/// When a shutdown signal arrived, if one did: the deadline for the batch in flight counts
+/// from then.
+pub type Shutdown = Option<Instant>;
+
 /// Waits for a shutdown signal or `delay`, whichever comes first.
-async fn pause(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
-    if *shutdown.borrow() {
+async fn pause(shutdown: &mut watch::Receiver<Shutdown>, delay: Duration) {
+    if shutdown.borrow().is_some() {
         return;
     }
     tokio::select! {
@@ -59,7 +63,7 @@ async fn until_ready<T, E, F, Fut>(
     what: &str,
     settings: &Settings,
     metrics: &Metrics,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Shutdown>,
     mut attempt: F,
 ) -> Option<T>
 where
@@ -80,11 +84,11 @@ where
                 metrics.retry(what);
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, ?delay, "{what} failed; retrying");
-                if *shutdown.borrow() {
+                if shutdown.borrow().is_some() {
                     return None;
                 }
                 pause(shutdown, delay).await;
-                if *shutdown.borrow() {
+                if shutdown.borrow().is_some() {
                     return None;
                 }
             }
@@ -102,12 +106,19 @@ pub async fn redis_connection(client: &redis::Client) -> redis::RedisResult<Conn
     ConnectionManager::new_with_config(client.clone(), config).await
 }
 
-/// Applies the migrations (waiting for the database), for `migrate` and at start.
-pub async fn migrate(db: &Db, settings: &Settings, metrics: &Metrics) -> anyhow::Result<()> {
-    let (_keep, mut never) = watch::channel(false);
-    until_ready("db_migrate", settings, metrics, &mut never, || db.migrate())
-        .await
-        .context("migrations did not run")
+/// The `migrate` subcommand: applies the migrations, waiting up to `wait` for the database.
+pub async fn migrate(
+    db: &Db,
+    settings: &Settings,
+    metrics: &Metrics,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let (_keep, mut never) = watch::channel(None);
+    let attempt = until_ready("db_migrate", settings, metrics, &mut never, || db.migrate());
+    match tokio::time::timeout(wait, attempt).await {
+        Ok(Some(())) => Ok(()),
+        _ => anyhow::bail!("the migrations did not run within {wait:?}: see the log above"),
+    }
 }
 
 impl Daemon {
@@ -116,7 +127,7 @@ impl Daemon {
     pub async fn start(
         settings: Settings,
         metrics: Arc<Metrics>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<Shutdown>,
     ) -> anyhow::Result<Option<Daemon>> {
         let db = Db::open(&settings.database_url)?;
         if until_ready("db_migrate", &settings, &metrics, &mut shutdown, || {
@@ -171,17 +182,18 @@ impl Daemon {
         }))
     }
 
-    /// Whether shutdown was asked; the first time, starts the shutdown clock.
+    /// Whether shutdown was asked; the first time, logs it and fixes the deadline (counted
+    /// from the signal).
     fn stopping(&mut self) -> bool {
-        if *self.shutdown.borrow() {
-            if self.deadline.is_none() {
-                tracing::info!("shutdown asked: finishing the batch in flight");
-                self.deadline =
-                    Some(Instant::now() + Duration::from_millis(self.settings.shutdown_timeout_ms));
-            }
-            return true;
+        let Some(signalled) = *self.shutdown.borrow() else {
+            return false;
+        };
+        if self.deadline.is_none() {
+            tracing::info!("shutdown asked: finishing the batch in flight");
+            self.deadline =
+                Some(signalled + Duration::from_millis(self.settings.shutdown_timeout_ms));
         }
-        false
+        true
     }
 
     fn out_of_time(&mut self) -> bool {

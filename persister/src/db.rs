@@ -55,7 +55,7 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(3))
             .test_before_acquire(true)
             .connect_lazy(&url)
             .context("invalid database URL")?;

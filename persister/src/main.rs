@@ -4,6 +4,7 @@ use coupon_persister::daemon::{self, Daemon};
 use coupon_persister::db::Db;
 use coupon_persister::metrics::{self, Metrics};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -22,12 +23,12 @@ async fn main() -> anyhow::Result<()> {
 
     if let Some(Command::Migrate) = cli.command {
         let db = Db::open(&settings.database_url)?;
-        daemon::migrate(&db, &settings, &metrics).await?;
+        daemon::migrate(&db, &settings, &metrics, Duration::from_secs(30)).await?;
         tracing::info!("migrations applied");
         return Ok(());
     }
 
-    let (stop, shutdown) = watch::channel(false);
+    let (stop, shutdown) = watch::channel(None);
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
@@ -35,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM"),
             _ = interrupt.recv() => tracing::info!("SIGINT"),
         }
-        let _ = stop.send(true);
+        let _ = stop.send(Some(Instant::now()));
     });
 
     if let Some(addr) = settings.metrics_socket()? {

@@ -60,10 +60,8 @@ fn kill_9_mid_run_on_sqlite() {
 /// in the consumer's name. Made exactly by re-delivering every committed entry to `c1`
 /// without acknowledging; the restarted `c1` drains them first, writes nothing, counts them
 /// as duplicates and acknowledges them.
-#[test]
-fn kill_9_between_commit_and_ack() {
+fn kill_9_between_commit_and_ack(db: TestDb) {
     let server = Server::start(Flavor::Redis);
-    let db = MariaDb::start();
     let mut conn = server.connect();
     let mut ledger = Ledger::default();
     for coupon in ["ca", "cb"] {
@@ -122,12 +120,20 @@ fn kill_9_between_commit_and_ack() {
     assert_eq!(persister.metric("coupon_persister_rows_written_total"), 0.0);
 }
 
+#[test]
+fn kill_9_between_commit_and_ack_on_mariadb() {
+    kill_9_between_commit_and_ack(TestDb::mariadb());
+}
+
+#[test]
+fn kill_9_between_commit_and_ack_on_sqlite() {
+    kill_9_between_commit_and_ack(TestDb::sqlite());
+}
+
 /// SIGTERM while events pour in: the process exits 0 within a bounded time, and everything
 /// it had read was committed and acknowledged (nothing left pending in its name).
-#[test]
-fn sigterm_under_load() {
+fn sigterm_under_load(db: TestDb) {
     let server = Server::start(Flavor::Redis);
-    let db = MariaDb::start();
     let load = Load::start(&server, coupons("s", 5), "s");
     let mut persister = Persister::start(&server.url(), &db.url(), &[("batch-size", "200")]);
     for _ in 0..2 {
@@ -147,6 +153,49 @@ fn sigterm_under_load() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let ledger = load.stop();
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    wait_no_pending(&server, &persister);
+}
+
+#[test]
+fn sigterm_under_load_on_mariadb() {
+    sigterm_under_load(TestDb::mariadb());
+}
+
+#[test]
+fn sigterm_under_load_on_sqlite() {
+    sigterm_under_load(TestDb::sqlite());
+}
+
+/// SIGTERM while the database is down: the batch in flight cannot commit, so the process
+/// gives up after `--shutdown-timeout-ms`, exits 0 without acknowledging it, and the next
+/// run persists it.
+#[test]
+fn sigterm_while_the_database_is_down() {
+    let server = Server::start(Flavor::Redis);
+    let mut db = MariaDb::start();
+    let mut persister =
+        Persister::start(&server.url(), &db.url(), &[("shutdown-timeout-ms", "1500")]);
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    let users: Vec<Vec<u8>> = (0..50).map(|i| format!("d{i}").into_bytes()).collect();
+    ledger.issue(&mut conn, b"down", &users[..25], 100);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    db.kill();
+    ledger.issue(&mut conn, b"down", &users[25..], 100);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, took) = persister
+        .terminate(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit after SIGTERM\n{}", persister.log()));
+    assert!(status.success(), "{status}\n{}", persister.log());
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(5),
+        "took {took:?}\n{}",
+        persister.log()
+    );
+    assert_eq!(pending(&server, "persister"), 25, "left pending, not acked");
+    db.restart();
+    persister.restart();
     assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
     wait_no_pending(&server, &persister);
 }

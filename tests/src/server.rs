@@ -155,6 +155,22 @@ impl Server {
             .expect("DEBUG DIGEST")
     }
 
+    /// `DEBUG DIGEST-VALUE` of every key, by name: says *which* key differs.
+    pub fn key_digests(&self) -> std::collections::BTreeMap<String, String> {
+        let mut conn = self.connect();
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut conn).expect("KEYS");
+        keys.into_iter()
+            .map(|key| {
+                let digest: Vec<String> = redis::cmd("DEBUG")
+                    .arg("DIGEST-VALUE")
+                    .arg(&key)
+                    .query(&mut conn)
+                    .expect("DEBUG DIGEST-VALUE");
+                (String::from_utf8_lossy(&key).into_owned(), digest.concat())
+            })
+            .collect()
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

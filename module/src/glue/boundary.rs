@@ -24,13 +24,21 @@ impl<'a> Argv<'a> {
         self.raw(index).map(|s| unsafe { bytes_of(s) })
     }
 
-    /// All arguments after the command name.
-    pub fn tail_bytes(&self) -> Vec<&'a [u8]> {
-        self.raw
-            .iter()
-            .skip(1)
-            .map(|s| unsafe { bytes_of(*s) })
-            .collect()
+    /// Calls `f` with the bytes of all arguments after the command name, gathered on the
+    /// stack for the usual counts (no allocation per call).
+    pub fn with_tail<R>(&self, f: impl FnOnce(&[&'a [u8]]) -> R) -> R {
+        const ON_STACK: usize = 8;
+        let tail = self.raw.get(1..).unwrap_or_default();
+        let bytes = |s: &RawString| unsafe { bytes_of(*s) };
+        if tail.len() <= ON_STACK {
+            let mut buffer: [&[u8]; ON_STACK] = [&[]; ON_STACK];
+            for (slot, arg) in buffer.iter_mut().zip(tail) {
+                *slot = bytes(arg);
+            }
+            f(&buffer[..tail.len()])
+        } else {
+            f(&tail.iter().map(bytes).collect::<Vec<_>>())
+        }
     }
 }
 

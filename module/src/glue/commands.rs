@@ -13,10 +13,10 @@ use crate::rules::{
 
 /// `COUPON.ISSUE <key> <user> <limit> [WINDOW <start-ms> <end-ms>]`
 pub fn issue(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
-    let args = IssueArgs::parse(&argv.tail_bytes())?;
-    let names = KeyNames::new(ctx, &CouponKeys::derive(args.key)?);
+    let args = argv.with_tail(IssueArgs::parse)?;
+    let names = KeyNames::new(ctx, CouponKeys::derive(args.key)?);
     let store = RedisStore::open(ctx, &names)?;
-    let (outcome, change) = decide_issue(&store, &args, now_ms())?;
+    let (outcome, change) = decide_issue(&store, &args, now_ms)?;
     let holders = match change {
         Some(change) => {
             drop(store);
@@ -32,9 +32,9 @@ pub fn issue(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
 /// `COUPON.REVOKE <key> <user>`: 1 if the user gave the coupon back now, 0 if not a holder.
 pub fn revoke(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
     let user = parse_user(argv.bytes(2)?)?;
-    let names = KeyNames::new(ctx, &CouponKeys::derive(argv.bytes(1)?)?);
+    let names = KeyNames::new(ctx, CouponKeys::derive(argv.bytes(1)?)?);
     let store = RedisStore::open(ctx, &names)?;
-    let revoked = match decide_revoke(&store, user, now_ms())? {
+    let revoked = match decide_revoke(&store, user, now_ms)? {
         Some(change) => {
             drop(store);
             write::apply(ctx, &target(argv, &names)?, &change)?;
@@ -50,7 +50,7 @@ pub fn revoke(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
 /// `COUPON.CHECK <key> <user>`: the user's seq, or nil.
 pub fn check(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
     let user = parse_user(argv.bytes(2)?)?;
-    let names = KeyNames::new(ctx, &CouponKeys::derive(argv.bytes(1)?)?);
+    let names = KeyNames::new(ctx, CouponKeys::derive(argv.bytes(1)?)?);
     let seq = RedisStore::open(ctx, &names)?.holder_seq(user)?;
     reply::optional_integer(ctx, seq);
     Ok(())
@@ -58,7 +58,7 @@ pub fn check(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
 
 /// `COUPON.INFO <key>`: holders now, revokes, the last seq and the stream's length.
 pub fn info(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
-    let names = KeyNames::new(ctx, &CouponKeys::derive(argv.bytes(1)?)?);
+    let names = KeyNames::new(ctx, CouponKeys::derive(argv.bytes(1)?)?);
     let store = RedisStore::open(ctx, &names)?;
     let fields = [
         ("issued", store.holder_count()?),
@@ -70,7 +70,7 @@ pub fn info(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
     Ok(())
 }
 
-fn target<'a>(argv: &Argv<'_>, names: &'a KeyNames) -> Result<Target<'a>, CouponError> {
+fn target<'a>(argv: &Argv<'_>, names: &'a KeyNames<'a>) -> Result<Target<'a>, CouponError> {
     Ok(Target {
         coupon: argv.raw(1)?,
         user: argv.raw(2)?,

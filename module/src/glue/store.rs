@@ -2,35 +2,62 @@
 
 use super::ffi::{Ctx, KeyKind, Mode, OpenKey, OwnedString, RawString};
 use crate::rules::{parse_int, Counter, CouponError, CouponKeys, CouponStore};
+use std::cell::OnceCell;
 
-/// The names of one coupon's keys as Redis strings, created once per command.
-pub struct KeyNames {
-    pub holders: OwnedString,
-    pub meta: OwnedString,
-    pub events: OwnedString,
+/// The names of one coupon's keys as Redis strings, each created on first use: the
+/// rejecting paths only ever name the holders hash.
+pub struct KeyNames<'a> {
+    ctx: Ctx,
+    keys: CouponKeys<'a>,
+    holders: OnceCell<OwnedString>,
+    meta: OnceCell<OwnedString>,
+    events: OnceCell<OwnedString>,
 }
 
-impl KeyNames {
-    pub fn new(ctx: Ctx, keys: &CouponKeys) -> Self {
+impl<'a> KeyNames<'a> {
+    pub fn new(ctx: Ctx, keys: CouponKeys<'a>) -> Self {
         KeyNames {
-            holders: OwnedString::new(ctx, &keys.holders()),
-            meta: OwnedString::new(ctx, &keys.meta()),
-            events: OwnedString::new(ctx, &keys.events()),
+            ctx,
+            keys,
+            holders: OnceCell::new(),
+            meta: OnceCell::new(),
+            events: OnceCell::new(),
         }
+    }
+
+    pub fn holders(&self) -> RawString {
+        self.name(&self.holders, CouponKeys::holders)
+    }
+
+    pub fn meta(&self) -> RawString {
+        self.name(&self.meta, CouponKeys::meta)
+    }
+
+    pub fn events(&self) -> RawString {
+        self.name(&self.events, CouponKeys::events)
+    }
+
+    fn name(
+        &self,
+        cell: &OnceCell<OwnedString>,
+        derive: fn(&CouponKeys<'a>) -> Vec<u8>,
+    ) -> RawString {
+        cell.get_or_init(|| OwnedString::new(self.ctx, &derive(&self.keys)))
+            .as_ptr()
     }
 }
 
 /// A read-only view of one coupon. Holds the holders hash open; the meta hash is opened
 /// only when a counter is read, so the rejecting paths touch one key.
-pub struct RedisStore<'a> {
+pub struct RedisStore<'n, 'k> {
     ctx: Ctx,
-    names: &'a KeyNames,
+    names: &'n KeyNames<'k>,
     holders: OpenKey,
 }
 
-impl<'a> RedisStore<'a> {
-    pub fn open(ctx: Ctx, names: &'a KeyNames) -> Result<Self, CouponError> {
-        let holders = open_checked(ctx, names.holders.as_ptr(), Mode::Read, KeyKind::Hash)?;
+impl<'n, 'k> RedisStore<'n, 'k> {
+    pub fn open(ctx: Ctx, names: &'n KeyNames<'k>) -> Result<Self, CouponError> {
+        let holders = open_checked(ctx, names.holders(), Mode::Read, KeyKind::Hash)?;
         Ok(RedisStore {
             ctx,
             names,
@@ -40,17 +67,12 @@ impl<'a> RedisStore<'a> {
 
     /// Entries in the event stream (what the persister has not trimmed yet).
     pub fn event_count(&self) -> Result<i64, CouponError> {
-        let events = open_checked(
-            self.ctx,
-            self.names.events.as_ptr(),
-            Mode::Read,
-            KeyKind::Stream,
-        )?;
+        let events = open_checked(self.ctx, self.names.events(), Mode::Read, KeyKind::Stream)?;
         Ok(events.len() as i64)
     }
 }
 
-impl CouponStore for RedisStore<'_> {
+impl CouponStore for RedisStore<'_, '_> {
     fn holder_seq(&self, user: &[u8]) -> Result<Option<i64>, CouponError> {
         let field = OwnedString::new(self.ctx, user);
         self.holders
@@ -67,12 +89,7 @@ impl CouponStore for RedisStore<'_> {
     }
 
     fn counter(&self, counter: Counter) -> Result<i64, CouponError> {
-        let meta = open_checked(
-            self.ctx,
-            self.names.meta.as_ptr(),
-            Mode::Read,
-            KeyKind::Hash,
-        )?;
+        let meta = open_checked(self.ctx, self.names.meta(), Mode::Read, KeyKind::Hash)?;
         match meta.hash_get_cfield(self.ctx, counter.field()) {
             None => Ok(0),
             Some(value) => parse_int(value.bytes())

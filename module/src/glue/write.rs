@@ -42,16 +42,16 @@ pub struct Target<'a> {
     pub coupon: RawString,
     /// The user as the client sent it.
     pub user: RawString,
-    pub names: &'a KeyNames,
+    pub names: &'a KeyNames<'a>,
 }
 
 /// Applies `change` and returns how many users hold the coupon afterwards.
 /// Nothing is written unless all three keys are of the right type.
 pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, CouponError> {
     let names = target.names;
-    let holders = open_checked(ctx, names.holders.as_ptr(), Mode::Write, KeyKind::Hash)?;
-    let meta = open_checked(ctx, names.meta.as_ptr(), Mode::Write, KeyKind::Hash)?;
-    let events = open_checked(ctx, names.events.as_ptr(), Mode::Write, KeyKind::Stream)?;
+    let holders = open_checked(ctx, names.holders(), Mode::Write, KeyKind::Hash)?;
+    let meta = open_checked(ctx, names.meta(), Mode::Write, KeyKind::Hash)?;
+    let events = open_checked(ctx, names.events(), Mode::Write, KeyKind::Stream)?;
     let words = EVENT_WORDS
         .get()
         .ok_or(CouponError::Corrupt("module not initialised"))?;
@@ -84,59 +84,34 @@ pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, 
     let id = events.stream_add(&mut entry).ok_or(CouponError::Corrupt(
         "the event stream accepts no more entries",
     ))?;
-    notify(
-        ctx,
-        raw::REDISMODULE_NOTIFY_STREAM,
-        c"xadd",
-        names.events.as_ptr(),
-    );
-    replicate_xadd(ctx, names.events.as_ptr(), id, &entry);
+    notify(ctx, raw::REDISMODULE_NOTIFY_STREAM, c"xadd", names.events());
+    replicate_xadd(ctx, names.events(), id, &entry);
 
     match change {
         Change::Grant { .. } => {
             holders.hash_insert(target.user, seq_text.as_ptr());
-            notify(
-                ctx,
-                raw::REDISMODULE_NOTIFY_HASH,
-                c"hset",
-                names.holders.as_ptr(),
-            );
-            replicate_hset(ctx, names.holders.as_ptr(), target.user, seq_text.as_ptr());
+            notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hset", names.holders());
+            replicate_hset(ctx, names.holders(), target.user, seq_text.as_ptr());
         }
         Change::Return { .. } => {
             holders.hash_del(target.user);
-            notify(
-                ctx,
-                raw::REDISMODULE_NOTIFY_HASH,
-                c"hdel",
-                names.holders.as_ptr(),
-            );
+            notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hdel", names.holders());
             if holders.kind() == KeyKind::Empty {
                 notify(
                     ctx,
                     raw::REDISMODULE_NOTIFY_GENERIC,
                     c"del",
-                    names.holders.as_ptr(),
+                    names.holders(),
                 );
             }
-            replicate_hdel(ctx, names.holders.as_ptr(), target.user);
+            replicate_hdel(ctx, names.holders(), target.user);
         }
     }
 
     let count_text = OwnedString::from_i64(ctx, count);
     meta.hash_set_cfield(counter.field(), count_text.as_ptr());
-    notify(
-        ctx,
-        raw::REDISMODULE_NOTIFY_HASH,
-        c"hset",
-        names.meta.as_ptr(),
-    );
-    replicate_hset_counter(
-        ctx,
-        names.meta.as_ptr(),
-        counter.field(),
-        count_text.as_ptr(),
-    );
+    notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hset", names.meta());
+    replicate_hset_counter(ctx, names.meta(), counter.field(), count_text.as_ptr());
 
     Ok(holders.len() as i64)
 }

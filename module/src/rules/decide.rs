@@ -57,16 +57,21 @@ pub enum Change<'a> {
 }
 
 /// Decides `COUPON.ISSUE`: duplicate first (a holder always learns their seq), then the
-/// window, then the stock.
+/// window, then the stock. `clock` (unix ms) is read at most once, and only if a window is
+/// given or a coupon is issued.
 pub fn decide_issue<'a>(
     store: &impl CouponStore,
     args: &IssueArgs<'a>,
-    now_ms: i64,
+    clock: impl FnOnce() -> i64,
 ) -> Result<(IssueOutcome, Option<Change<'a>>), CouponError> {
     if let Some(seq) = store.holder_seq(args.user)? {
         return Ok((IssueOutcome::Duplicate { seq }, None));
     }
+    let mut clock = Some(clock);
+    let mut now = None;
+    let mut now_ms = || *now.get_or_insert_with(|| clock.take().map_or(0, |read| read()));
     if let Some(window) = args.window {
+        let now_ms = now_ms();
         if !window.has_started(now_ms) {
             return Ok((IssueOutcome::NotStarted, None));
         }
@@ -84,7 +89,7 @@ pub fn decide_issue<'a>(
     let change = Change::Grant {
         user: args.user,
         seq,
-        at_ms: now_ms,
+        at_ms: now_ms(),
     };
     Ok((IssueOutcome::Issued { seq }, Some(change)))
 }
@@ -93,7 +98,7 @@ pub fn decide_issue<'a>(
 pub fn decide_revoke<'a>(
     store: &impl CouponStore,
     user: &'a [u8],
-    now_ms: i64,
+    clock: impl FnOnce() -> i64,
 ) -> Result<Option<Change<'a>>, CouponError> {
     let Some(seq) = store.holder_seq(user)? else {
         return Ok(None);
@@ -103,7 +108,7 @@ pub fn decide_revoke<'a>(
         user,
         seq,
         revoked,
-        at_ms: now_ms,
+        at_ms: clock(),
     }))
 }
 
@@ -129,7 +134,7 @@ mod tests {
             limit,
             window,
         };
-        let (outcome, change) = decide_issue(store, &args, now_ms).unwrap();
+        let (outcome, change) = decide_issue(store, &args, || now_ms).unwrap();
         assert_eq!(
             change.is_some(),
             matches!(outcome, IssueOutcome::Issued { .. })
@@ -141,7 +146,7 @@ mod tests {
     }
 
     fn revoke(store: &mut MemoryStore, user: &str) -> bool {
-        let change = decide_revoke(store, user.as_bytes(), 2_000).unwrap();
+        let change = decide_revoke(store, user.as_bytes(), || 2_000).unwrap();
         if let Some(change) = &change {
             store.apply(change);
         }
@@ -233,6 +238,31 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_is_read_only_when_the_answer_needs_it() {
+        let mut store = MemoryStore::default();
+        let args = |user: &'static str, limit, window| IssueArgs {
+            key: b"k",
+            user: user.as_bytes(),
+            limit,
+            window,
+        };
+        let unread = || -> i64 { panic!("the clock was read") };
+        store.holders.insert(b"holder".to_vec(), 1);
+        assert!(decide_issue(&store, &args("holder", 5, None), unread).is_ok());
+        assert!(decide_issue(&store, &args("new", 0, None), unread).is_ok());
+        assert!(decide_revoke(&store, b"nobody", unread).unwrap().is_none());
+        let reads = std::cell::Cell::new(0);
+        let counted = || {
+            reads.set(reads.get() + 1);
+            150
+        };
+        let (outcome, _) =
+            decide_issue(&store, &args("new", 5, Window::new(100, 200).ok()), counted).unwrap();
+        assert_eq!(outcome, IssueOutcome::Issued { seq: 1 });
+        assert_eq!(reads.get(), 1, "window and event share one reading");
+    }
+
+    #[test]
     fn seqs_do_not_overflow() {
         let mut store = MemoryStore {
             last_seq: i64::MAX,
@@ -245,10 +275,10 @@ mod tests {
             window: None,
         };
         assert_eq!(
-            decide_issue(&store, &args, 0),
+            decide_issue(&store, &args, || 0),
             Err(CouponError::SeqExhausted)
         );
         store.last_seq = 0;
-        assert!(decide_issue(&store, &args, 0).is_ok());
+        assert!(decide_issue(&store, &args, || 0).is_ok());
     }
 }

@@ -15,30 +15,29 @@ use super::CouponError;
 /// Field names of an event entry, in the order they are written.
 pub const EVENT_FIELDS: [&str; 5] = ["op", "coupon", "user", "seq", "ts"];
 
-/// The sibling keys of one coupon.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CouponKeys {
-    prefix: Vec<u8>,
+/// The sibling keys of one coupon. Borrows the coupon key; each name costs one allocation,
+/// made only when asked for (the rejecting paths need just the holders).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CouponKeys<'a> {
+    key: &'a [u8],
+    /// Whether the key is wrapped in `{…}` (it has no hash tag of its own).
+    wrap: bool,
 }
 
-impl CouponKeys {
-    pub fn derive(key: &[u8]) -> Result<Self, CouponError> {
+impl<'a> CouponKeys<'a> {
+    pub fn derive(key: &'a [u8]) -> Result<Self, CouponError> {
         if key.is_empty() {
             return Err(CouponError::EmptyKey);
         }
-        let prefix = if has_hash_tag(key) {
-            key.to_vec()
+        let wrap = if has_hash_tag(key) {
+            false
         } else if key.contains(&b'}') {
             // `{a}b}` would hash on "a", not on the whole key: the siblings would leave its slot.
             return Err(CouponError::KeyWithStrayBrace);
         } else {
-            let mut wrapped = Vec::with_capacity(key.len() + 2 + ":holders".len());
-            wrapped.push(b'{');
-            wrapped.extend_from_slice(key);
-            wrapped.push(b'}');
-            wrapped
+            true
         };
-        Ok(CouponKeys { prefix })
+        Ok(CouponKeys { key, wrap })
     }
 
     pub fn holders(&self) -> Vec<u8> {
@@ -54,8 +53,14 @@ impl CouponKeys {
     }
 
     fn sibling(&self, suffix: &[u8]) -> Vec<u8> {
-        let mut name = Vec::with_capacity(self.prefix.len() + suffix.len());
-        name.extend_from_slice(&self.prefix);
+        let mut name = Vec::with_capacity(self.key.len() + 2 + suffix.len());
+        if self.wrap {
+            name.push(b'{');
+            name.extend_from_slice(self.key);
+            name.push(b'}');
+        } else {
+            name.extend_from_slice(self.key);
+        }
         name.extend_from_slice(suffix);
         name
     }

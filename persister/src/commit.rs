@@ -238,37 +238,44 @@ async fn advance_checkpoint(
     last: EntryId,
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
-    let current = read_checkpoint_in(&mut **tx, group, stream).await?;
     let (ms, seq) = (to_i64(last.ms), to_i64(last.seq));
-    match current {
-        None => {
-            sqlx::query(
-                "INSERT INTO coupon_checkpoint \
-                 (consumer_group, stream, last_ms, last_seq, updated_at_ms) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(group)
-            .bind(stream)
-            .bind(ms)
-            .bind(seq)
-            .bind(now_ms)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Some(current) if current < last => {
-            sqlx::query(
-                "UPDATE coupon_checkpoint SET last_ms = ?, last_seq = ?, updated_at_ms = ? \
-                 WHERE consumer_group = ? AND stream = ?",
-            )
-            .bind(ms)
-            .bind(seq)
-            .bind(now_ms)
-            .bind(group)
-            .bind(stream)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Some(_) => {}
+    // The comparison is in the UPDATE itself, so it holds against a checkpoint another
+    // consumer committed meanwhile: the checkpoint never moves back.
+    let advanced = sqlx::query(
+        "UPDATE coupon_checkpoint SET last_ms = ?, last_seq = ?, updated_at_ms = ? \
+         WHERE consumer_group = ? AND stream = ? \
+         AND (last_ms < ? OR (last_ms = ? AND last_seq < ?))",
+    )
+    .bind(ms)
+    .bind(seq)
+    .bind(now_ms)
+    .bind(group)
+    .bind(stream)
+    .bind(ms)
+    .bind(ms)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
+    if advanced.rows_affected() > 0
+        || read_checkpoint_in(&mut **tx, group, stream)
+            .await?
+            .is_some()
+    {
+        return Ok(());
     }
+    // The first batch of this stream. Two consumers racing here make one INSERT fail on
+    // the primary key; that batch is retried and then takes the UPDATE path.
+    sqlx::query(
+        "INSERT INTO coupon_checkpoint \
+         (consumer_group, stream, last_ms, last_seq, updated_at_ms) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(group)
+    .bind(stream)
+    .bind(ms)
+    .bind(seq)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -238,7 +238,9 @@ impl Reader {
         Ok((Vec::new(), Vec::new()))
     }
 
-    /// Up to `count` entries per stream never delivered before, waiting up to `block`.
+    /// Entries never delivered before, waiting up to `block`: about `count` in all (each
+    /// stream is asked for an equal share, so the total stays under `count` plus the number
+    /// of streams).
     pub async fn read_new(
         &mut self,
         count: usize,
@@ -248,13 +250,14 @@ impl Reader {
             tokio::time::sleep(block).await;
             return Ok(Vec::new());
         }
+        let per_stream = count.div_ceil(self.streams.len()).max(1);
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
             .arg(&self.config.group)
             .arg(&self.config.consumer)
             .arg("COUNT")
-            .arg(count.max(1));
+            .arg(per_stream);
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
         if block_ms > 0 {
             command.arg("BLOCK").arg(block_ms);

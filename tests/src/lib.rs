@@ -3,6 +3,7 @@
 
 mod build;
 mod cluster;
+pub mod load;
 mod mariadb;
 mod persister;
 mod server;

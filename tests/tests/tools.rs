@@ -1,0 +1,58 @@
+//! The quickstart and the benchmark run end to end (the benchmark at smoke size: CI checks
+//! that it works; its figures come from full runs, see BENCHMARKS.md).
+
+use std::process::Command;
+
+fn run(binary: &str, args: &[&str]) -> String {
+    let output = Command::new(binary)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{binary} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_quickstart_sells_out_and_proves_it() {
+    let out = run(
+        env!("CARGO_BIN_EXE_flash-sale"),
+        &["--users", "3000", "--stock", "200"],
+    );
+    assert!(
+        out.contains("holders in Redis 200 = rows in the database 200 = stock 200"),
+        "{out}"
+    );
+    assert!(
+        out.contains("OK: no coupon over-issued, none lost, no user twice"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_benchmark_runs_every_part() {
+    let out = run(env!("CARGO_BIN_EXE_coupon-bench"), &["--smoke"]);
+    for part in [
+        "issuing (fresh users)",
+        "rejecting (stock gone)",
+        "flash sale through the SDK",
+        "persister into MariaDB",
+        "module/seeds-Lua",
+    ] {
+        assert!(out.contains(part), "{part} missing:\n{out}");
+    }
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains(" errors ")).collect();
+    assert_eq!(
+        rows.len(),
+        16,
+        "four commands, two paths, two modes:\n{out}"
+    );
+    assert!(
+        rows.iter().all(|l| l.trim_end().ends_with(" errors 0")),
+        "{out}"
+    );
+}

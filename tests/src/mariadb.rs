@@ -112,6 +112,18 @@ impl MariaDb {
         );
     }
 
+    /// Runs SQL through the `mariadb` client in the background (to hold locks meanwhile).
+    pub fn spawn_sql(&self, sql: &str) -> Child {
+        Command::new(binary("mariadb"))
+            .args(["--no-defaults", "-h", "127.0.0.1", "-u", "root"])
+            .arg(format!("-P{}", self.port))
+            .args(["-e", sql])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run the mariadb client")
+    }
+
     fn launch(&mut self) {
         let mut last_log = String::new();
         for _ in 0..5 {

@@ -130,6 +130,58 @@ fn kill_9_between_commit_and_ack_on_sqlite() {
     kill_9_between_commit_and_ack(TestDb::sqlite());
 }
 
+/// A real kill -9 between COMMIT and XACK, timed without hooks in the persister: the test
+/// holds the checkpoint row locked so the batch's transaction waits, pauses Redis writes
+/// (XACK is one) meanwhile, lets the COMMIT through, sees the rows committed, and kills the
+/// persister while its XACK hangs. The next run finds them pending, writes nothing, acks.
+#[test]
+fn kill_9_while_xack_hangs_after_commit() {
+    let server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    let users: Vec<Vec<u8>> = (0..200).map(|i| format!("x{i}").into_bytes()).collect();
+    ledger.issue(&mut conn, b"window", &users[..10], 1000);
+    let mut persister = Persister::start(&server.url(), &db.url(), &[]);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+
+    let mut lock = db.spawn_sql(
+        "BEGIN; SELECT * FROM coupon.coupon_checkpoint FOR UPDATE; SELECT SLEEP(3); COMMIT;",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    ledger.issue(&mut conn, b"window", &users[10..], 1000);
+    std::thread::sleep(Duration::from_millis(300));
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(20_000)
+        .arg("WRITE")
+        .query(&mut conn)
+        .expect("CLIENT PAUSE");
+    // Rows are visible only after COMMIT; the XACK behind it is held by the pause.
+    assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
+    std::thread::sleep(Duration::from_millis(200));
+    persister.kill();
+    let _ = lock.wait();
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut conn)
+        .expect("CLIENT UNPAUSE");
+    assert_eq!(
+        pending(&server, "persister"),
+        190,
+        "committed but not acknowledged"
+    );
+
+    persister.restart();
+    wait_no_pending(&server, &persister);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    assert_eq!(
+        persister.metric("coupon_persister_duplicates_skipped_total"),
+        190.0
+    );
+    assert_eq!(persister.metric("coupon_persister_rows_written_total"), 0.0);
+}
+
 /// SIGTERM while events pour in: the process exits 0 within a bounded time, and everything
 /// it had read was committed and acknowledged (nothing left pending in its name).
 fn sigterm_under_load(db: TestDb) {

@@ -182,6 +182,45 @@ fn kill_9_while_xack_hangs_after_commit() {
     assert_eq!(persister.metric("coupon_persister_rows_written_total"), 0.0);
 }
 
+/// A real kill -9 inside a batch's transaction (rows inserted, checkpoint waiting on a
+/// lock the test holds, no COMMIT yet): nothing of the batch is visible, its entries stay
+/// pending, and the next run persists them once.
+#[test]
+fn kill_9_inside_the_transaction() {
+    let server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    let users: Vec<Vec<u8>> = (0..200).map(|i| format!("y{i}").into_bytes()).collect();
+    ledger.issue(&mut conn, b"midway", &users[..10], 1000);
+    let mut persister = Persister::start(&server.url(), &db.url(), &[]);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    let before = ledger.clone();
+
+    let mut lock = db.spawn_sql(
+        "BEGIN; SELECT * FROM coupon.coupon_checkpoint FOR UPDATE; SELECT SLEEP(2); COMMIT;",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    ledger.issue(&mut conn, b"midway", &users[10..], 1000);
+    std::thread::sleep(Duration::from_millis(500));
+    persister.kill();
+    assert_eq!(pending(&server, "persister"), 190, "read, not acknowledged");
+    let _ = lock.wait();
+    assert_persisted(None, &db.url(), &before, LIMIT, || persister.log());
+
+    persister.restart();
+    wait_no_pending(&server, &persister);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    assert_eq!(
+        persister.metric("coupon_persister_rows_written_total{kind=\"inserted\"}"),
+        190.0
+    );
+    assert_eq!(
+        persister.metric("coupon_persister_duplicates_skipped_total"),
+        0.0
+    );
+}
+
 /// SIGTERM while events pour in: the process exits 0 within a bounded time, and everything
 /// it had read was committed and acknowledged (nothing left pending in its name).
 fn sigterm_under_load(db: TestDb) {

@@ -557,7 +557,8 @@ impl Daemon {
         }
     }
 
-    /// Samples the pending count and trims committed entries.
+    /// Samples the pending count, forgets consumers idle for ten claim times without pending
+    /// entries, and trims committed entries.
     async fn maintain(&mut self) {
         let mut pending: u64 = 0;
         let trim = self.settings.trim_interval_ms > 0;
@@ -575,6 +576,24 @@ impl Daemon {
                 .filter(|g| g.name == self.group)
                 .map(|g| g.pending)
                 .sum::<u64>();
+            let idle_ms = u64::try_from(self.settings.claim_idle().as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(10);
+            let me = self.reader.config().consumer.clone();
+            match trim::forget_idle_consumers(&mut self.conn, &stream, &self.group, &me, idle_ms)
+                .await
+            {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(
+                    stream = %String::from_utf8_lossy(&stream),
+                    removed,
+                    "forgot idle consumers without pending entries"
+                ),
+                Err(error) => {
+                    self.metrics.error("redis_consumers");
+                    tracing::warn!(%error, "cannot clean up idle consumers");
+                }
+            }
             if !trim {
                 continue;
             }

@@ -81,6 +81,42 @@ pub async fn group_states(
     Ok(groups)
 }
 
+/// Deletes, in one atomic step, the consumers of `group` other than `me` that hold no
+/// pending entry and were idle at least `idle_ms`: consumers of processes gone for good
+/// (consumer names default to host and PID). Atomic so a consumer cannot take an entry
+/// between the check and the delete; a live one deleted is recreated by its next read.
+const FORGET_CONSUMERS: &str = r"
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+  if fields['name'] ~= ARGV[2] and fields['pending'] == 0
+      and fields['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    removed = removed + 1
+  end
+end
+return removed
+";
+
+/// Forgets idle consumers without pending entries (see [`FORGET_CONSUMERS`]); returns how
+/// many.
+pub async fn forget_idle_consumers(
+    conn: &mut ConnectionManager,
+    stream: &[u8],
+    group: &str,
+    me: &str,
+    idle_ms: u64,
+) -> redis::RedisResult<u64> {
+    redis::Script::new(FORGET_CONSUMERS)
+        .key(stream)
+        .arg(group)
+        .arg(me)
+        .arg(idle_ms)
+        .invoke_async(conn)
+        .await
+}
+
 /// Trims `stream` below `min_id` exactly. Returns how many entries went.
 pub async fn trim(
     conn: &mut ConnectionManager,

@@ -501,3 +501,68 @@ fn pending_entry_without_payload_raises_the_alarm() {
     );
     assert!(persister.log().contains("ALARM"), "{}", persister.log());
 }
+
+fn consumers(conn: &mut redis::Connection, stream: &[u8]) -> Vec<(String, i64)> {
+    let rows: Vec<BTreeMap<String, Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg("persister")
+        .query(conn)
+        .expect("XINFO CONSUMERS");
+    rows.into_iter()
+        .map(|row| {
+            (
+                redis::from_redis_value(row["name"].clone()).expect("name"),
+                redis::from_redis_value(row["pending"].clone()).expect("pending"),
+            )
+        })
+        .collect()
+}
+
+/// Consumers of processes gone for good are forgotten once idle for ten claim times with
+/// no pending entry: a killed persister's at once, one that read and vanished only after its
+/// entries were claimed and persisted.
+#[test]
+fn idle_consumers_are_forgotten() {
+    let server = Server::start(Flavor::Redis);
+    let db = TestDb::sqlite();
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    ledger.issue(&mut conn, b"idle", &users("a", 10), 100);
+    let stream = events_key(b"idle");
+    let mut gone = Persister::start(&server.url(), &db.url(), &[("consumer", "gone")]);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || gone.log());
+    gone.kill();
+    ledger.issue(&mut conn, b"idle", &users("b", 3), 100);
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("persister")
+        .arg("holding")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut conn)
+        .expect("XREADGROUP");
+    let holding = consumers(&mut conn, &stream);
+    assert!(holding.contains(&("holding".to_string(), 3)), "{holding:?}");
+
+    let watcher = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[
+            ("consumer", "watcher"),
+            ("claim-idle-ms", "200"),
+            ("trim-interval-ms", "100"),
+        ],
+    );
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left = consumers(&mut conn, &stream);
+        if left == vec![("watcher".to_string(), 0)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left:?}\n{}", watcher.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || watcher.log());
+}

@@ -17,8 +17,18 @@ use std::collections::{BTreeMap, HashMap};
 /// bind parameters, and 256 rows of two 512-byte keys far below `max_allowed_packet`.
 pub const INSERT_SHAPES: [usize; 4] = [256, 32, 4, 1];
 
+/// An event that contradicts what is already persisted: another entry of the same stream
+/// already recorded this (coupon, seq). Only a Redis that lost data or a recreated coupon
+/// does that; the event is not written, and the caller dead-letters it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub stream: StreamKey,
+    pub id: EntryId,
+    pub reason: String,
+}
+
 /// What a committed batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CommitStats {
     /// New rows.
     pub inserted: u64,
@@ -26,6 +36,8 @@ pub struct CommitStats {
     pub updated: u64,
     /// Events already in the database (a replay after a crash, or a second delivery).
     pub duplicates: u64,
+    /// Events not written because they contradict persisted ones.
+    pub conflicts: Vec<Conflict>,
 }
 
 #[derive(Debug, Default)]
@@ -35,10 +47,21 @@ struct NewRow<'a> {
     revoke: Option<(i64, String)>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// The entry IDs a row already records.
+#[derive(Debug, Clone, Default)]
 struct Present {
-    issue: bool,
-    revoke: bool,
+    issue: Option<String>,
+    revoke: Option<String>,
+}
+
+/// Whether `event` (with ID `id`) is new for a slot holding `recorded`: `Ok(true)` new,
+/// `Ok(false)` the same event again, `Err` another event.
+fn check_slot(recorded: Option<&str>, id: &str) -> Result<bool, String> {
+    match recorded {
+        None => Ok(true),
+        Some(recorded) if recorded == id => Ok(false),
+        Some(recorded) => Err(recorded.to_string()),
+    }
 }
 
 /// Widest gap between two seqs looked up with one range query.
@@ -88,8 +111,17 @@ pub async fn commit_batch(
         write_coupon(&mut tx, coupon, &coupon_events, &mut stats).await?;
     }
 
+    // The checkpoint covers what was written, not the conflicting events.
+    let conflicting: std::collections::HashSet<(&StreamKey, EntryId)> = stats
+        .conflicts
+        .iter()
+        .map(|conflict| (&conflict.stream, conflict.id))
+        .collect();
     let mut last_per_stream: BTreeMap<&StreamKey, EntryId> = BTreeMap::new();
-    for event in events {
+    for event in events
+        .iter()
+        .filter(|event| !conflicting.contains(&(&event.stream, event.id)))
+    {
         let last = last_per_stream.entry(&event.stream).or_insert(event.id);
         *last = (*last).max(event.id);
     }
@@ -125,13 +157,7 @@ async fn write_coupon(
             let seq: i64 = row.try_get(0)?;
             let issue: Option<String> = row.try_get(1)?;
             let revoke: Option<String> = row.try_get(2)?;
-            present.insert(
-                seq,
-                Present {
-                    issue: issue.is_some(),
-                    revoke: revoke.is_some(),
-                },
-            );
+            present.insert(seq, Present { issue, revoke });
         }
     }
 
@@ -139,17 +165,31 @@ async fn write_coupon(
     let mut set_issue: Vec<&Event> = Vec::new();
     let mut set_revoke: Vec<&Event> = Vec::new();
     for event in events {
-        let stamp = (event.ts_ms, event.id.to_string());
+        let id = event.id.to_string();
+        let op = match event.op {
+            Op::Issue => "issue",
+            Op::Revoke => "revoke",
+        };
+        let conflict = |recorded: String| Conflict {
+            stream: event.stream.clone(),
+            id: event.id,
+            reason: format!(
+                "conflict: the {op} of seq {} is already persisted from entry {recorded}",
+                event.seq
+            ),
+        };
         if let Some(row) = present.get_mut(&event.seq) {
-            let (done, list) = match event.op {
+            let (slot, list) = match event.op {
                 Op::Issue => (&mut row.issue, &mut set_issue),
                 Op::Revoke => (&mut row.revoke, &mut set_revoke),
             };
-            if *done {
-                stats.duplicates += 1;
-            } else {
-                *done = true;
-                list.push(event);
+            match check_slot(slot.as_deref(), &id) {
+                Ok(true) => {
+                    *slot = Some(id);
+                    list.push(event);
+                }
+                Ok(false) => stats.duplicates += 1,
+                Err(recorded) => stats.conflicts.push(conflict(recorded)),
             }
             continue;
         }
@@ -161,10 +201,10 @@ async fn write_coupon(
             Op::Issue => &mut row.issue,
             Op::Revoke => &mut row.revoke,
         };
-        if slot.is_some() {
-            stats.duplicates += 1;
-        } else {
-            *slot = Some(stamp);
+        match check_slot(slot.as_ref().map(|(_, id)| id.as_str()), &id) {
+            Ok(true) => *slot = Some((event.ts_ms, id)),
+            Ok(false) => stats.duplicates += 1,
+            Err(recorded) => stats.conflicts.push(conflict(recorded)),
         }
     }
 
@@ -402,6 +442,36 @@ mod tests {
                 .await
                 .expect("read"),
             None
+        );
+    }
+
+    /// Another entry claiming an already persisted (coupon, seq) is not written over it and
+    /// is reported; the rest of the batch commits.
+    #[tokio::test]
+    async fn conflicting_events_are_reported_not_written() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::open(&url).expect("open");
+        db.migrate().await.expect("migrate");
+        commit_batch(&db, "g", &[event(Op::Issue, "a", 1, 10)], 0)
+            .await
+            .expect("commit");
+        let reborn = [event(Op::Issue, "z", 1, 50), event(Op::Issue, "y", 2, 60)];
+        let stats = commit_batch(&db, "g", &reborn, 0).await.expect("commit");
+        assert_eq!((stats.inserted, stats.duplicates), (1, 0));
+        assert_eq!(stats.conflicts.len(), 1);
+        assert_eq!(stats.conflicts[0].id, EntryId { ms: 50, seq: 0 });
+        assert!(
+            stats.conflicts[0].reason.contains("10-0"),
+            "{:?}",
+            stats.conflicts
+        );
+        assert_eq!(
+            rows(&db).await,
+            vec![
+                (1, b"a".to_vec(), Some(10), None),
+                (2, b"y".to_vec(), Some(60), None),
+            ]
         );
     }
 

@@ -13,6 +13,7 @@ use crate::read::{ReadConfig, ReadError, Reader, Vanished};
 use crate::trim;
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,31 @@ use tokio::sync::watch;
 /// read in flight and how late periodic work (discovery, claims, trims) runs.
 const IDLE_BLOCK: Duration = Duration::from_millis(500);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Sorts the events of a done commit: written ones are to be acknowledged, conflicting ones
+/// are failures (not acknowledged, dead-lettered in time).
+fn settle<'a>(
+    done: &[Event],
+    stats: &CommitStats,
+    by_id: &HashMap<(StreamKey, EntryId), &'a RawEntry>,
+    committed: &mut Vec<(StreamKey, EntryId)>,
+    failed: &mut Vec<(&'a RawEntry, String)>,
+) {
+    for event in done {
+        let conflict = stats
+            .conflicts
+            .iter()
+            .find(|c| c.id == event.id && c.stream == event.stream);
+        match conflict {
+            None => committed.push((event.stream.clone(), event.id)),
+            Some(conflict) => {
+                if let Some(entry) = by_id.get(&(event.stream.clone(), event.id)) {
+                    failed.push((entry, conflict.reason.clone()));
+                }
+            }
+        }
+    }
+}
 
 /// The outcome of committing a set of events.
 enum Commit {
@@ -375,28 +401,30 @@ impl Daemon {
             }
         }
 
+        let by_id: HashMap<(StreamKey, EntryId), &RawEntry> = entries
+            .iter()
+            .map(|entry| ((entry.stream.clone(), entry.id), entry))
+            .collect();
         let mut committed: Vec<(StreamKey, EntryId)> = Vec::with_capacity(events.len());
         if !events.is_empty() {
             match self.commit(&events).await {
                 Commit::Done(stats) => {
-                    self.record(&events, stats);
-                    committed.extend(events.iter().map(|e| (e.stream.clone(), e.id)));
+                    self.record(&events, &stats);
+                    settle(&events, &stats, &by_id, &mut committed, &mut failed);
                 }
                 Commit::GaveUp => return,
                 Commit::Refused(error) => {
                     tracing::warn!(%error, "the database refused a batch; committing its events one by one");
                     for event in &events {
-                        match self.commit(std::slice::from_ref(event)).await {
+                        let single = std::slice::from_ref(event);
+                        match self.commit(single).await {
                             Commit::Done(stats) => {
-                                self.record(std::slice::from_ref(event), stats);
-                                committed.push((event.stream.clone(), event.id));
+                                self.record(single, &stats);
+                                settle(single, &stats, &by_id, &mut committed, &mut failed);
                             }
                             Commit::GaveUp => break,
                             Commit::Refused(error) => {
-                                if let Some(entry) = entries
-                                    .iter()
-                                    .find(|e| e.id == event.id && e.stream == event.stream)
-                                {
+                                if let Some(entry) = by_id.get(&(event.stream.clone(), event.id)) {
                                     failed.push((entry, format!("database refused it: {error}")));
                                 }
                             }
@@ -412,7 +440,7 @@ impl Daemon {
         }
     }
 
-    fn record(&self, events: &[Event], stats: CommitStats) {
+    fn record(&self, events: &[Event], stats: &CommitStats) {
         let m = &self.metrics;
         m.batch_size.observe(events.len() as f64);
         m.rows_written
@@ -422,6 +450,7 @@ impl Daemon {
             .with_label_values(&["updated"])
             .inc_by(stats.updated);
         m.duplicates.inc_by(stats.duplicates);
+        m.conflicts.inc_by(stats.conflicts.len() as u64);
         let now = now_ms();
         for event in events {
             m.lag_seconds

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub rows_written: IntCounterVec,
     pub duplicates: IntCounter,
     pub dead_lettered: IntCounter,
+    pub conflicts: IntCounter,
     pub vanished: IntCounter,
     pub retries: IntCounterVec,
     pub errors: IntCounterVec,
@@ -96,6 +97,12 @@ impl Metrics {
                 r,
                 "coupon_persister_dead_lettered_total",
                 "Entries moved to the dead-letter stream",
+            )?,
+            conflicts: counter(
+                r,
+                "coupon_persister_conflicts_total",
+                "ALARM: events contradicting persisted rows (same coupon and seq, another entry: \
+                 Redis lost data or the coupon was recreated); not written, dead-lettered",
             )?,
             vanished: counter(
                 r,

@@ -88,6 +88,7 @@ impl Reader {
         self.streams.clear();
         self.known.clear();
         self.claims.clear();
+        self.own_pending.clear();
     }
 
     /// Scans for event streams not seen yet, creates the group on each (from the first

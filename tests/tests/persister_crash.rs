@@ -405,3 +405,62 @@ fn redis_restarted_mid_run() {
     assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
     wait_no_pending(&server, &persister);
 }
+
+/// Redis restarted *without* its data (no persistence): the persister joins the new streams,
+/// and a reborn coupon's events that contradict persisted rows (same seq, other entry) are
+/// not written over them but dead-lettered and counted, while other coupons go on.
+#[test]
+fn redis_losing_its_data_never_overwrites_persisted_rows() {
+    let mut server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let persister = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[("max-deliveries", "2"), ("claim-idle-ms", "300")],
+    );
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    let users = |prefix: &str, n: usize| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("{prefix}{i}").into_bytes())
+            .collect()
+    };
+    ledger.issue(&mut conn, b"reborn", &users("a", 3), 100);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+
+    server.restart(true);
+    let mut conn = server.connect();
+    let mut lost = Ledger::default();
+    lost.issue(&mut conn, b"reborn", &users("n", 2), 100);
+    assert_eq!(lost.rows.len(), 2, "seqs 1 and 2 again");
+    ledger.issue(&mut conn, b"fresh", &users("f", 2), 100);
+    assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
+
+    let deadline = Instant::now() + LIMIT;
+    while persister.metric("coupon_persister_dead_lettered_total") < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "not dead-lettered\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("coupon-persister:dead-letter")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .expect("XRANGE");
+    assert_eq!(letters.len(), 2);
+    for (_, fields) in &letters {
+        let reason = fields
+            .iter()
+            .find(|(k, _)| k == "reason")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        assert!(reason.contains("conflict"), "{fields:?}");
+    }
+    assert!(persister.metric("coupon_persister_conflicts_total") >= 2.0);
+    wait_no_pending(&server, &persister);
+    assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
+}

@@ -3,6 +3,7 @@ use coupon_persister::config::{Cli, Command};
 use coupon_persister::daemon::{self, Daemon};
 use coupon_persister::db::Db;
 use coupon_persister::metrics::{self, Metrics};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -15,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -9,6 +9,7 @@ use coupon_tests::{query_rows, Flavor, MariaDb, Persister, Server};
 use redis::aio::MultiplexedConnection;
 use sqlx::Row;
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,9 @@ struct Args {
     /// Attempts in the flash-sale mix (users are a fifth of that, stock a hundredth).
     #[arg(long, default_value_t = 1_000_000)]
     attempts: u64,
+    /// Requests in flight in the flash sale through the SDK (spread over the connections).
+    #[arg(long, default_value_t = 256)]
+    sale_in_flight: usize,
     /// Events the persister drains into MariaDB (0 skips that part).
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
@@ -67,23 +71,24 @@ fn main() {
     describe_machine(&url);
 
     let bench = runtime.block_on(Bench::connect(&url, args.connections));
-    let mut table = Vec::new();
     for (mode, in_flight) in [("pipelined", args.in_flight), ("unpipelined", 1)] {
-        let workers = args.connections * in_flight;
         println!(
-            "\n## {mode}: {} connections x {in_flight} in flight\n",
+            "\n## {mode}: {} connections x {in_flight} in flight (redis-benchmark)\n",
             args.connections
         );
-        let issuing = runtime.block_on(bench.issuing(args.requests, workers));
-        let rejecting = runtime.block_on(bench.rejecting(args.requests, workers));
-        print_group("issuing (fresh users)", &issuing, "SADD");
-        print_group("rejecting (stock gone)", &rejecting, "SISMEMBER");
-        table.push((mode, issuing, rejecting));
+        let load = CommandLoad {
+            url: &url,
+            connections: args.connections,
+            pipeline: in_flight,
+            requests: args.requests,
+        };
+        print_group("issuing (fresh users)", &bench.issuing(&load), "SADD");
+        print_group("rejecting (stock gone)", &bench.rejecting(&load), "SISMEMBER");
     }
 
     println!("\n## flash sale through the SDK\n");
     let (sale, outcomes, memory) =
-        runtime.block_on(bench.flash_sale(args.attempts, args.connections * args.in_flight));
+        runtime.block_on(bench.flash_sale(args.attempts, args.sale_in_flight));
     println!(
         "{} attempts from {} users for {} coupons: {:.0} attempts/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         args.attempts,
@@ -130,20 +135,17 @@ fn describe_machine(url: &str) {
     println!("# coupon benchmark\n\nmachine: {cores} cores, {cpu}; server {version}; client and server share the machine");
 }
 
-fn print_group(title: &str, rows: &[(&str, LoadReport)], ceiling: &str) {
+fn print_group(title: &str, rows: &[(&str, CommandReport)], ceiling: &str) {
     println!("{title}:");
     let rate = |name: &str| {
         rows.iter()
             .find(|(n, _)| *n == name)
-            .map_or(f64::NAN, |(_, r)| r.per_second())
+            .map_or(f64::NAN, |(_, r)| r.per_second)
     };
     for (name, report) in rows {
         println!(
             "  {name:<22} {:>10.0} ops/s   p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
-            report.per_second(),
-            report.latency_ms(0.5),
-            report.latency_ms(0.99),
-            report.errors
+            report.per_second, report.p50_ms, report.p99_ms, report.errors
         );
     }
     let module = rate("COUPON.ISSUE");
@@ -196,12 +198,7 @@ impl Bench {
     }
 
     /// Runs `command(i)` `total` times from `workers` tasks spread over the connections.
-    async fn measure(
-        &self,
-        total: u64,
-        workers: usize,
-        command: impl Fn(u64) -> redis::Cmd + Send + Sync + 'static,
-    ) -> LoadReport {
+    async fn measure(&self, total: u64, workers: usize, command: impl Fn(u64) -> redis::Cmd + Send + Sync + 'static) -> LoadReport {
         let connections = Arc::new(self.connections.clone());
         drive(
             total,
@@ -217,129 +214,29 @@ impl Bench {
     }
 
     /// Four ways to record a fresh user: the module, the SDK's script, the seeds script, SADD.
-    async fn issuing(&self, total: u64, workers: usize) -> Vec<(&'static str, LoadReport)> {
-        let limit = i64::MAX;
-        vec![
-            (
-                "COUPON.ISSUE",
-                self.measure(total, workers, self.module_issue("issue", limit))
-                    .await,
-            ),
-            (
-                "SDK Lua backend",
-                self.measure(total, workers, self.sdk_issue("issue", limit))
-                    .await,
-            ),
-            (
-                "seeds-style Lua",
-                self.measure(total, workers, self.seeds_issue("issue", limit))
-                    .await,
-            ),
-            (
-                "SADD",
-                self.measure(total, workers, self.plain("SADD", "issue"))
-                    .await,
-            ),
-        ]
+    fn issuing(&self, load: &CommandLoad<'_>) -> Vec<(&'static str, CommandReport)> {
+        self.compare(load, "issue", &i64::MAX.to_string(), "SADD")
     }
 
     /// The same with no stock left (limit 0), against SISMEMBER.
-    async fn rejecting(&self, total: u64, workers: usize) -> Vec<(&'static str, LoadReport)> {
+    fn rejecting(&self, load: &CommandLoad<'_>) -> Vec<(&'static str, CommandReport)> {
+        self.compare(load, "reject", "0", "SISMEMBER")
+    }
+
+    fn compare(&self, load: &CommandLoad<'_>, tag: &str, limit: &str, ceiling: &'static str) -> Vec<(&'static str, CommandReport)> {
+        let user = "user-__rand_int__";
+        let module_key = format!("bench:{}:module:{tag}", self.run);
+        let sdk = format!("bench:{}:sdk:{tag}", self.run);
+        let (sdk_holders, sdk_meta, sdk_events) = (format!("{{{sdk}}}:holders"), format!("{{{sdk}}}:meta"), format!("{{{sdk}}}:events"));
+        let seeds = format!("{{bench:{}:seeds:{tag}}}", self.run);
+        let (seeds_set, seeds_queue) = (format!("{seeds}:set"), format!("{seeds}:queue"));
+        let plain_key = format!("bench:{}:plain", self.run);
         vec![
-            (
-                "COUPON.ISSUE",
-                self.measure(total, workers, self.module_issue("reject", 0))
-                    .await,
-            ),
-            (
-                "SDK Lua backend",
-                self.measure(total, workers, self.sdk_issue("reject", 0))
-                    .await,
-            ),
-            (
-                "seeds-style Lua",
-                self.measure(total, workers, self.seeds_issue("reject", 0))
-                    .await,
-            ),
-            (
-                "SISMEMBER",
-                self.measure(total, workers, self.plain("SISMEMBER", "issue"))
-                    .await,
-            ),
+            ("COUPON.ISSUE", load.run(&["COUPON.ISSUE", &module_key, user, limit])),
+            ("SDK Lua backend", load.run(&["EVALSHA", &self.sdk_sha, "3", &sdk_holders, &sdk_meta, &sdk_events, "issue", &sdk, user, limit])),
+            ("seeds-style Lua", load.run(&["EVALSHA", &self.seeds_sha, "2", &seeds_set, &seeds_queue, user, limit])),
+            (ceiling, load.run(&[ceiling, &plain_key, user])),
         ]
-    }
-
-    fn module_issue(
-        &self,
-        tag: &str,
-        limit: i64,
-    ) -> impl Fn(u64) -> redis::Cmd + Send + Sync + 'static {
-        let key = format!("bench:{}:module:{tag}", self.run);
-        move |i| {
-            redis::cmd("COUPON.ISSUE")
-                .arg(&key)
-                .arg(format!("user-{i}"))
-                .arg(limit)
-                .to_owned()
-        }
-    }
-
-    fn sdk_issue(
-        &self,
-        tag: &str,
-        limit: i64,
-    ) -> impl Fn(u64) -> redis::Cmd + Send + Sync + 'static {
-        let prefix = format!("{{bench:{}:sdk:{tag}}}", self.run);
-        let (sha, coupon) = (
-            self.sdk_sha.clone(),
-            prefix.trim_matches(['{', '}']).to_string(),
-        );
-        move |i| {
-            redis::cmd("EVALSHA")
-                .arg(&sha)
-                .arg(3)
-                .arg(format!("{prefix}:holders"))
-                .arg(format!("{prefix}:meta"))
-                .arg(format!("{prefix}:events"))
-                .arg("issue")
-                .arg(&coupon)
-                .arg(format!("user-{i}"))
-                .arg(limit)
-                .to_owned()
-        }
-    }
-
-    fn seeds_issue(
-        &self,
-        tag: &str,
-        limit: i64,
-    ) -> impl Fn(u64) -> redis::Cmd + Send + Sync + 'static {
-        let prefix = format!("{{bench:{}:seeds:{tag}}}", self.run);
-        let sha = self.seeds_sha.clone();
-        move |i| {
-            redis::cmd("EVALSHA")
-                .arg(&sha)
-                .arg(2)
-                .arg(format!("{prefix}:set"))
-                .arg(format!("{prefix}:queue"))
-                .arg(format!("user-{i}"))
-                .arg(limit)
-                .to_owned()
-        }
-    }
-
-    fn plain(
-        &self,
-        command: &'static str,
-        tag: &str,
-    ) -> impl Fn(u64) -> redis::Cmd + Send + Sync + 'static {
-        let key = format!("bench:{}:plain:{tag}", self.run);
-        move |i| {
-            redis::cmd(command)
-                .arg(&key)
-                .arg(format!("user-{i}"))
-                .to_owned()
-        }
     }
 
     /// `attempts` clicks from `attempts / 5` users (random, so most click several times) for
@@ -413,6 +310,55 @@ impl Bench {
             .unwrap_or(1);
         let tally = tally.lock().map(|t| t.clone()).unwrap_or_default();
         (report, tally, bytes as f64 / holders.max(1) as f64)
+    }
+}
+
+/// One command measured by `redis-benchmark` (C, one thread, far cheaper per request than any
+/// async client), so the server, not the client, is what runs out of CPU.
+struct CommandLoad<'a> {
+    url: &'a str,
+    connections: usize,
+    pipeline: usize,
+    requests: u64,
+}
+
+struct CommandReport {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+impl CommandLoad<'_> {
+    /// Runs `command`; `__rand_int__` in an argument becomes a random 11-digit number, so every
+    /// request names a fresh user.
+    fn run(&self, command: &[&str]) -> CommandReport {
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url).expect("a valid Redis URL");
+        let (host, port) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            other => panic!("redis-benchmark needs a TCP address, not {other:?}"),
+        };
+        let output = Command::new("redis-benchmark")
+            .args(["-h", &host, "-p", &port.to_string(), "--csv", "-r", "100000000000"])
+            .args(["-c", &self.connections.to_string(), "-P", &self.pipeline.to_string(), "-n", &self.requests.to_string()])
+            .args(command)
+            .output()
+            .expect("redis-benchmark runs (apt-get install redis-tools)");
+        let csv = String::from_utf8_lossy(&output.stdout);
+        let fields: Vec<f64> = csv
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split("\",\"")
+            .skip(1)
+            .map(|f| f.trim_matches('"').parse().unwrap_or(f64::NAN))
+            .collect();
+        let errors = u64::from(!output.status.success() || fields.len() < 7 || !output.stderr.is_empty());
+        if errors > 0 {
+            eprintln!("{command:?}: {csv}{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let field = |i: usize| fields.get(i).copied().unwrap_or(f64::NAN);
+        CommandReport { per_second: field(0), p50_ms: field(3), p99_ms: field(5), errors }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The two ways to run the rules: the module's commands, or the Lua script over the same keys.
 
 use crate::keys::CouponKeys;
+use crate::Error;
 use redis::{Cmd, Script};
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
@@ -34,12 +35,12 @@ pub(crate) struct IssueArgs<'a> {
 
 /// How each backend spells a write.
 pub(crate) trait Dialect {
-    fn issue(&self, keys: &CouponKeys, args: &IssueArgs<'_>) -> Call;
-    fn revoke(&self, keys: &CouponKeys, coupon: &[u8], user: &[u8]) -> Call;
+    fn issue(&self, args: &IssueArgs<'_>) -> Result<Call, Error>;
+    fn revoke(&self, coupon: &[u8], user: &[u8]) -> Result<Call, Error>;
 }
 
 impl Dialect for Backend {
-    fn issue(&self, keys: &CouponKeys, args: &IssueArgs<'_>) -> Call {
+    fn issue(&self, args: &IssueArgs<'_>) -> Result<Call, Error> {
         match self {
             Backend::Module => {
                 let mut command = redis::cmd("COUPON.ISSUE");
@@ -47,12 +48,12 @@ impl Dialect for Backend {
                 if let Some((start, end)) = args.window {
                     command.arg("WINDOW").arg(start).arg(end);
                 }
-                Call {
+                Ok(Call {
                     command,
                     on_noscript: None,
-                }
+                })
             }
-            Backend::Script => script_call(keys, |command| {
+            Backend::Script => script_call(args.coupon, |command| {
                 command
                     .arg("issue")
                     .arg(args.coupon)
@@ -65,17 +66,17 @@ impl Dialect for Backend {
         }
     }
 
-    fn revoke(&self, keys: &CouponKeys, coupon: &[u8], user: &[u8]) -> Call {
+    fn revoke(&self, coupon: &[u8], user: &[u8]) -> Result<Call, Error> {
         match self {
             Backend::Module => {
                 let mut command = redis::cmd("COUPON.REVOKE");
                 command.arg(coupon).arg(user);
-                Call {
+                Ok(Call {
                     command,
                     on_noscript: None,
-                }
+                })
             }
-            Backend::Script => script_call(keys, |command| {
+            Backend::Script => script_call(coupon, |command| {
                 command.arg("revoke").arg(coupon).arg(user);
             }),
         }
@@ -83,7 +84,9 @@ impl Dialect for Backend {
 }
 
 /// `EVALSHA sha 3 holders meta events <argv>`, with `EVAL <source> …` as the fallback.
-fn script_call(keys: &CouponKeys, argv: impl Fn(&mut Cmd)) -> Call {
+/// Only the script names the sibling keys; the module derives them itself.
+fn script_call(coupon: &[u8], argv: impl Fn(&mut Cmd)) -> Result<Call, Error> {
+    let keys = CouponKeys::of(coupon)?;
     let build = |verb: &str, body: &str| {
         let mut command = redis::cmd(verb);
         command
@@ -95,8 +98,8 @@ fn script_call(keys: &CouponKeys, argv: impl Fn(&mut Cmd)) -> Call {
         argv(&mut command);
         command
     };
-    Call {
+    Ok(Call {
         command: build("EVALSHA", SCRIPT.get_hash()),
         on_noscript: Some(build("EVAL", crate::SCRIPT_SOURCE)),
-    }
+    })
 }

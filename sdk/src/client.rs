@@ -1,7 +1,7 @@
 //! [`Coupons`]: the client services call.
 
 use crate::backend::{Backend, Call, Dialect, IssueArgs};
-use crate::keys::CouponKeys;
+use crate::keys::{needs_wrapping, CouponKeys};
 use crate::{CouponInfo, Error, Outcome, Result, Window};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, Value};
@@ -137,7 +137,7 @@ where
                 "limit must be at most 9223372036854775807",
             ));
         }
-        let keys = CouponKeys::of(coupon)?;
+        needs_wrapping(coupon)?;
         let args = IssueArgs {
             coupon,
             user,
@@ -145,7 +145,7 @@ where
             window,
         };
         let (status, seq, _holders): (String, Option<u64>, u64) =
-            self.send(self.backend.issue(&keys, &args)).await?;
+            self.send(self.backend.issue(&args)?).await?;
         let seq = || seq.ok_or_else(|| Error::UnexpectedReply(format!("{status} without a seq")));
         Ok(match status.as_str() {
             "ISSUED" => Outcome::Issued { seq: seq()? },
@@ -161,8 +161,8 @@ where
     /// is never reused), `false` if they did not (nothing changes).
     pub async fn revoke(&self, coupon: impl AsRef<[u8]>, user: impl AsRef<[u8]>) -> Result<bool> {
         let (coupon, user) = (coupon.as_ref(), non_empty(user.as_ref())?);
-        let keys = CouponKeys::of(coupon)?;
-        let revoked: i64 = self.send(self.backend.revoke(&keys, coupon, user)).await?;
+        needs_wrapping(coupon)?;
+        let revoked: i64 = self.send(self.backend.revoke(coupon, user)?).await?;
         Ok(revoked == 1)
     }
 

@@ -12,17 +12,10 @@ pub(crate) struct CouponKeys {
 
 impl CouponKeys {
     pub fn of(coupon: &[u8]) -> Result<Self, Error> {
-        if coupon.is_empty() {
-            return Err(Error::InvalidInput("coupon key must not be empty"));
-        }
-        let prefix = if has_hash_tag(coupon) {
-            coupon.to_vec()
-        } else if coupon.contains(&b'}') {
-            return Err(Error::InvalidInput(
-                "coupon key contains '}' but no hash tag; use a tag like 'sale{42}'",
-            ));
-        } else {
+        let prefix = if needs_wrapping(coupon)? {
             [b"{", coupon, b"}"].concat()
+        } else {
+            coupon.to_vec()
         };
         let sibling = |suffix: &[u8]| [prefix.as_slice(), suffix].concat();
         Ok(CouponKeys {
@@ -30,6 +23,21 @@ impl CouponKeys {
             meta: sibling(b":meta"),
             events: sibling(b":events"),
         })
+    }
+}
+
+/// Checks a coupon key as the module does; `true` if its siblings wrap it in `{…}`.
+pub(crate) fn needs_wrapping(coupon: &[u8]) -> Result<bool, Error> {
+    if coupon.is_empty() {
+        Err(Error::InvalidInput("coupon key must not be empty"))
+    } else if has_hash_tag(coupon) {
+        Ok(false)
+    } else if coupon.contains(&b'}') {
+        Err(Error::InvalidInput(
+            "coupon key contains '}' but no hash tag; use a tag like 'sale{42}'",
+        ))
+    } else {
+        Ok(true)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use coupon_sdk::{Backend, Coupons, Outcome};
-use coupon_tests::load::{drive, LoadReport};
+use coupon_tests::load::{drive, scramble, LoadReport};
 use coupon_tests::{query_rows, Flavor, MariaDb, Persister, Server};
 use redis::aio::MultiplexedConnection;
 use sqlx::Row;
@@ -83,7 +83,11 @@ fn main() {
             requests: args.requests,
         };
         print_group("issuing (fresh users)", &bench.issuing(&load), "SADD");
-        print_group("rejecting (stock gone)", &bench.rejecting(&load), "SISMEMBER");
+        print_group(
+            "rejecting (stock gone)",
+            &bench.rejecting(&load),
+            "SISMEMBER",
+        );
     }
 
     println!("\n## flash sale through the SDK\n");
@@ -198,7 +202,12 @@ impl Bench {
     }
 
     /// Runs `command(i)` `total` times from `workers` tasks spread over the connections.
-    async fn measure(&self, total: u64, workers: usize, command: impl Fn(u64) -> redis::Cmd + Send + Sync + 'static) -> LoadReport {
+    async fn measure(
+        &self,
+        total: u64,
+        workers: usize,
+        command: impl Fn(u64) -> redis::Cmd + Send + Sync + 'static,
+    ) -> LoadReport {
         let connections = Arc::new(self.connections.clone());
         drive(
             total,
@@ -223,18 +232,56 @@ impl Bench {
         self.compare(load, "reject", "0", "SISMEMBER")
     }
 
-    fn compare(&self, load: &CommandLoad<'_>, tag: &str, limit: &str, ceiling: &'static str) -> Vec<(&'static str, CommandReport)> {
+    fn compare(
+        &self,
+        load: &CommandLoad<'_>,
+        tag: &str,
+        limit: &str,
+        ceiling: &'static str,
+    ) -> Vec<(&'static str, CommandReport)> {
         let user = "user-__rand_int__";
         let module_key = format!("bench:{}:module:{tag}", self.run);
         let sdk = format!("bench:{}:sdk:{tag}", self.run);
-        let (sdk_holders, sdk_meta, sdk_events) = (format!("{{{sdk}}}:holders"), format!("{{{sdk}}}:meta"), format!("{{{sdk}}}:events"));
+        let (sdk_holders, sdk_meta, sdk_events) = (
+            format!("{{{sdk}}}:holders"),
+            format!("{{{sdk}}}:meta"),
+            format!("{{{sdk}}}:events"),
+        );
         let seeds = format!("{{bench:{}:seeds:{tag}}}", self.run);
         let (seeds_set, seeds_queue) = (format!("{seeds}:set"), format!("{seeds}:queue"));
         let plain_key = format!("bench:{}:plain", self.run);
         vec![
-            ("COUPON.ISSUE", load.run(&["COUPON.ISSUE", &module_key, user, limit])),
-            ("SDK Lua backend", load.run(&["EVALSHA", &self.sdk_sha, "3", &sdk_holders, &sdk_meta, &sdk_events, "issue", &sdk, user, limit])),
-            ("seeds-style Lua", load.run(&["EVALSHA", &self.seeds_sha, "2", &seeds_set, &seeds_queue, user, limit])),
+            (
+                "COUPON.ISSUE",
+                load.run(&["COUPON.ISSUE", &module_key, user, limit]),
+            ),
+            (
+                "SDK Lua backend",
+                load.run(&[
+                    "EVALSHA",
+                    &self.sdk_sha,
+                    "3",
+                    &sdk_holders,
+                    &sdk_meta,
+                    &sdk_events,
+                    "issue",
+                    &sdk,
+                    user,
+                    limit,
+                ]),
+            ),
+            (
+                "seeds-style Lua",
+                load.run(&[
+                    "EVALSHA",
+                    &self.seeds_sha,
+                    "2",
+                    &seeds_set,
+                    &seeds_queue,
+                    user,
+                    limit,
+                ]),
+            ),
             (ceiling, load.run(&[ceiling, &plain_key, user])),
         ]
     }
@@ -261,7 +308,7 @@ impl Bench {
             workers,
             move |i| {
                 let coupons = clients[(i as usize) % clients.len()].clone();
-                let user = format!("user-{}", mix(i) % users);
+                let user = format!("user-{}", scramble(i) % users);
                 let (coupon, tally) = (coupon_c.clone(), tally_c.clone());
                 async move {
                     let outcome = coupons.issue(&coupon, &user, stock).await;
@@ -333,14 +380,30 @@ impl CommandLoad<'_> {
     /// Runs `command`; `__rand_int__` in an argument becomes a random 11-digit number, so every
     /// request names a fresh user.
     fn run(&self, command: &[&str]) -> CommandReport {
-        let info = redis::IntoConnectionInfo::into_connection_info(self.url).expect("a valid Redis URL");
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(self.url).expect("a valid Redis URL");
         let (host, port) = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
             other => panic!("redis-benchmark needs a TCP address, not {other:?}"),
         };
         let output = Command::new("redis-benchmark")
-            .args(["-h", &host, "-p", &port.to_string(), "--csv", "-r", "100000000000"])
-            .args(["-c", &self.connections.to_string(), "-P", &self.pipeline.to_string(), "-n", &self.requests.to_string()])
+            .args([
+                "-h",
+                &host,
+                "-p",
+                &port.to_string(),
+                "--csv",
+                "-r",
+                "100000000000",
+            ])
+            .args([
+                "-c",
+                &self.connections.to_string(),
+                "-P",
+                &self.pipeline.to_string(),
+                "-n",
+                &self.requests.to_string(),
+            ])
             .args(command)
             .output()
             .expect("redis-benchmark runs (apt-get install redis-tools)");
@@ -353,20 +416,22 @@ impl CommandLoad<'_> {
             .skip(1)
             .map(|f| f.trim_matches('"').parse().unwrap_or(f64::NAN))
             .collect();
-        let errors = u64::from(!output.status.success() || fields.len() < 7 || !output.stderr.is_empty());
+        let errors =
+            u64::from(!output.status.success() || fields.len() < 7 || !output.stderr.is_empty());
         if errors > 0 {
-            eprintln!("{command:?}: {csv}{}", String::from_utf8_lossy(&output.stderr));
+            eprintln!(
+                "{command:?}: {csv}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         let field = |i: usize| fields.get(i).copied().unwrap_or(f64::NAN);
-        CommandReport { per_second: field(0), p50_ms: field(3), p99_ms: field(5), errors }
+        CommandReport {
+            per_second: field(0),
+            p50_ms: field(3),
+            p99_ms: field(5),
+            errors,
+        }
     }
-}
-
-/// A cheap bijective scramble, so users arrive in random order and repeat.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// Issues `events` coupons over 50 coupons, lets the persister drain them into a fresh MariaDB,

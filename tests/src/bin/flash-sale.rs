@@ -6,7 +6,7 @@
 
 use clap::Parser;
 use coupon_sdk::{Backend, Coupons, Outcome};
-use coupon_tests::load::drive;
+use coupon_tests::load::{drive, scramble};
 use coupon_tests::{query_rows, Flavor, Persister, Server};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::Row;
@@ -247,11 +247,4 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         );
     }
     Ok(proven && stopped)
-}
-
-/// A cheap bijective scramble, so clicks arrive in random order.
-fn scramble(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }

@@ -1,5 +1,6 @@
 //! Command line: every flag can also come from an environment variable.
 
+use crate::commit::Limits;
 use crate::db::DEFAULT_DATABASE_URL;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -136,6 +137,17 @@ pub struct Settings {
     )]
     pub backoff_max_ms: u64,
 
+    /// Longest time the statements of one batch may take before COMMIT, in ms; past it the
+    /// transaction is rolled back and retried. COMMIT itself may take four times as long.
+    #[arg(
+        long,
+        env = "COUPON_PERSISTER_DB_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    pub db_timeout_ms: u64,
+
     /// After SIGTERM, stop retrying the batch in flight after this long, in ms (its entries
     /// stay pending and are persisted by the next run or another consumer).
     #[arg(
@@ -172,6 +184,14 @@ impl Settings {
 
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    pub fn db_limits(&self) -> Limits {
+        let statements = Duration::from_millis(self.db_timeout_ms);
+        Limits {
+            statements,
+            commit: statements.saturating_mul(4),
+        }
     }
 
     pub fn claim_idle(&self) -> Duration {

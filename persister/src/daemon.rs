@@ -465,8 +465,28 @@ impl Daemon {
         );
     }
 
-    /// One transaction, retried while the database is unavailable. A COMMIT in flight is
-    /// never cancelled: the shutdown deadline is only looked at between attempts.
+    /// Completes once shutdown was asked and its deadline has passed.
+    fn deadline_passed(&self) -> impl Future<Output = ()> + 'static {
+        let mut shutdown = self.shutdown.clone();
+        let grace = Duration::from_millis(self.settings.shutdown_timeout_ms);
+        async move {
+            loop {
+                let signalled = *shutdown.borrow_and_update();
+                if let Some(at) = signalled {
+                    tokio::time::sleep_until((at + grace).into()).await;
+                    return;
+                }
+                if shutdown.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// One transaction, retried while the database is unavailable. The statements before
+    /// COMMIT are bounded by `--db-timeout-ms` and abandoned (rolled back) at the shutdown
+    /// deadline; a COMMIT in flight is never cancelled by shutdown, only bounded by a long
+    /// timeout.
     async fn commit(&mut self, events: &[Event]) -> Commit {
         let mut backoff = Backoff::new(
             FIRST_RETRY,
@@ -474,7 +494,9 @@ impl Daemon {
         );
         loop {
             let started = Instant::now();
-            match commit_batch(&self.db, &self.group, events, now_ms()).await {
+            let limits = self.settings.db_limits();
+            let abort = self.deadline_passed();
+            match commit_batch(&self.db, &self.group, events, now_ms(), limits, abort).await {
                 Ok(stats) => {
                     self.metrics
                         .commit_seconds
@@ -626,9 +648,16 @@ impl Daemon {
             if !trim {
                 continue;
             }
-            let checkpoint = match read_checkpoint(&self.db, &self.group, &stream).await {
-                Ok(checkpoint) => checkpoint,
-                Err(error) => {
+            let limit = self.settings.db_limits().statements;
+            let read = read_checkpoint(&self.db, &self.group, &stream);
+            let checkpoint = match tokio::time::timeout(limit, read).await {
+                Err(_) => {
+                    self.metrics.error("db_timeout");
+                    tracing::warn!(?limit, "reading the checkpoint timed out; not trimming");
+                    continue;
+                }
+                Ok(Ok(checkpoint)) => checkpoint,
+                Ok(Err(error)) => {
                     self.metrics.error(error_label(&error));
                     tracing::warn!(%error, "cannot read the checkpoint; not trimming");
                     continue;

@@ -56,7 +56,8 @@ impl Db {
             .max_connections(max)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(3))
-            .test_before_acquire(true)
+            // A dead connection fails its statement and the batch is retried: no ping.
+            .test_before_acquire(false)
             .connect_lazy(&url)
             .context("invalid database URL")?;
         Ok(Db { pool, backend })

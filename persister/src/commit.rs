@@ -321,7 +321,7 @@ async fn lookup<'a>(
     let mut present: HashMap<Key<'a>, Present> = HashMap::new();
     for (part, size) in padded_parts(&ranges, &LIST_SHAPES) {
         let mut select = QueryBuilder::<Any>::new(
-            "SELECT coupon, seq, issue_entry_id, revoke_entry_id FROM coupon_issuance WHERE ",
+            "SELECT HEX(coupon), seq, issue_entry_id, revoke_entry_id FROM coupon_issuance WHERE ",
         );
         for i in 0..size {
             let (coupon, low, high) = *padded(part, i);
@@ -340,7 +340,8 @@ async fn lookup<'a>(
         let rows = select.build().fetch_all(&mut **tx).await?;
         stats.statements += 1;
         for row in rows {
-            let coupon: Vec<u8> = row.try_get(0)?;
+            // Binary columns come back through the `Any` driver as text on MySQL: hex them.
+            let coupon = unhex(&row.try_get::<String, _>(0)?);
             let Some(coupon) = coupons.get(coupon.as_slice()).copied() else {
                 continue;
             };
@@ -510,7 +511,7 @@ async fn advance_checkpoints(
         // The first batch of some stream. Two consumers racing here make one INSERT fail on
         // the primary key; that batch is retried and then takes the UPDATE path.
         let mut select = QueryBuilder::<Any>::new(
-            "SELECT stream FROM coupon_checkpoint WHERE consumer_group = ",
+            "SELECT HEX(stream) FROM coupon_checkpoint WHERE consumer_group = ",
         );
         select.push_bind(group).push(" AND stream IN (");
         let mut streams = select.separated(", ");
@@ -522,7 +523,7 @@ async fn advance_checkpoints(
         stats.statements += 1;
         let mut known: HashSet<Vec<u8>> = HashSet::new();
         for row in rows {
-            known.insert(row.try_get::<Vec<u8>, _>(0)?);
+            known.insert(unhex(&row.try_get::<String, _>(0)?));
         }
         let missing: Vec<(&[u8], EntryId)> = part
             .iter()
@@ -550,6 +551,20 @@ async fn advance_checkpoints(
         }
     }
     Ok(())
+}
+
+/// Bytes from `HEX()` (either case).
+fn unhex(text: &str) -> Vec<u8> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    };
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| (digit(pair[0]) << 4) | pair.get(1).map_or(0, |c| digit(*c)))
+        .collect()
 }
 
 fn to_i64(value: u64) -> i64 {

@@ -56,9 +56,18 @@ pub async fn delivery_count(
     Ok(count)
 }
 
-/// Moves an entry to the dead-letter stream and acknowledges it, atomically (`MULTI`): the
-/// dead-letter entry has `stream`, `id`, `group`, `reason`, `deliveries`, then the original
-/// fields prefixed with `entry.`.
+/// `XADD` to the dead-letter stream, then `XACK`: a failing `XADD` (the key holding another
+/// type, out of memory…) raises an error that ends the script before the `XACK`, so an entry
+/// is never acknowledged without being stored. (In `MULTI`, a command failing at run time
+/// does not stop the next one.)
+const DEAD_LETTER_SCRIPT: &str = r"
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+return redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+";
+
+/// Moves an entry to the dead-letter stream and acknowledges it, atomically (a Lua script):
+/// the dead-letter entry has `stream`, `id`, `group`, `reason`, `deliveries`, then the
+/// original fields prefixed with `entry.`.
 pub async fn dead_letter(
     conn: &mut ConnectionManager,
     dead_letter_stream: &str,
@@ -67,10 +76,15 @@ pub async fn dead_letter(
     reason: &str,
     deliveries: u64,
 ) -> redis::RedisResult<()> {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let script = SCRIPT.get_or_init(|| redis::Script::new(DEAD_LETTER_SCRIPT));
     let id = entry.id.to_string();
-    let mut xadd = redis::cmd("XADD");
-    xadd.arg(dead_letter_stream)
-        .arg("*")
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(dead_letter_stream)
+        .key(&*entry.stream)
+        .arg(group)
+        .arg(&id)
         .arg("stream")
         .arg(&*entry.stream)
         .arg("id")
@@ -84,16 +98,8 @@ pub async fn dead_letter(
     for (name, value) in entry.fields.iter().flatten() {
         let mut prefixed = b"entry.".to_vec();
         prefixed.extend_from_slice(name);
-        xadd.arg(prefixed).arg(value.as_slice());
+        invocation.arg(prefixed).arg(value.as_slice());
     }
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .add_command(xadd)
-        .ignore()
-        .cmd("XACK")
-        .arg(&*entry.stream)
-        .arg(group)
-        .arg(&id)
-        .ignore();
-    pipe.query_async::<()>(conn).await
+    invocation.invoke_async::<Value>(conn).await?;
+    Ok(())
 }

@@ -257,6 +257,60 @@ fn poison_entry_on_sqlite() {
     poison_entry(TestDb::sqlite());
 }
 
+/// Dead-lettering that fails at run time (the dead-letter key holds a string, so `XADD`
+/// answers WRONGTYPE) does not acknowledge the entry: it stays pending, stored nowhere else.
+#[test]
+fn failed_dead_lettering_leaves_the_entry_pending() {
+    let db = TestDb::sqlite();
+    let server = Server::start(Flavor::Redis);
+    let mut conn = server.connect();
+    let _: () = redis::cmd("SET")
+        .arg("coupon-persister:dead-letter")
+        .arg("not a stream")
+        .query(&mut conn)
+        .expect("SET");
+    let mut ledger = Ledger::default();
+    ledger.issue(&mut conn, b"w", &users("a", 3), 100);
+    let stream = events_key(b"w");
+    xadd(
+        &mut conn,
+        &stream,
+        &[
+            ("op", b"issue"),
+            ("coupon", b"w"),
+            ("user", b"x"),
+            ("seq", b"abc"),
+            ("ts", b"1"),
+        ],
+    );
+    let persister = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[("max-deliveries", "2"), ("claim-idle-ms", "200")],
+    );
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    let failures = r#"coupon_persister_errors_total{kind="redis_dead_letter"}"#;
+    let deadline = Instant::now() + LIMIT;
+    while persister.metric(failures) < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "dead-lettering was never tried\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(pending(&server, "persister"), 1, "{}", persister.log());
+    assert_eq!(
+        persister.metric("coupon_persister_dead_lettered_total"),
+        0.0
+    );
+    let kind: String = redis::cmd("TYPE")
+        .arg("coupon-persister:dead-letter")
+        .query(&mut conn)
+        .expect("TYPE");
+    assert_eq!(kind, "string");
+}
+
 fn parse_id(text: &str) -> (u64, u64) {
     let (ms, seq) = text.split_once('-').expect("an entry ID");
     (ms.parse().expect("ms"), seq.parse().expect("seq"))

@@ -58,11 +58,27 @@ enum Commit {
     GaveUp,
 }
 
+/// Reads the streams and runs the batches: the next batch is read while the previous one
+/// commits and is acknowledged, so Redis and the database work at the same time. Batches
+/// still commit one after another, never two at once.
 pub struct Daemon {
+    reads: Reads,
+    writer: Writer,
+}
+
+/// The read side: stage 1 and 2.
+struct Reads {
+    settings: Settings,
+    reader: Reader,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<Shutdown>,
+}
+
+/// The write side: stages 3 to 5.
+struct Writer {
     settings: Settings,
     group: String,
     db: Db,
-    reader: Reader,
     conn: ConnectionManager,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<Shutdown>,
@@ -197,91 +213,71 @@ impl Daemon {
             },
         );
         Ok(Some(Daemon {
-            group: settings.group.clone(),
-            settings,
-            db,
-            reader,
-            conn,
-            metrics,
-            shutdown,
-            deadline: None,
+            reads: Reads {
+                settings: settings.clone(),
+                reader,
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            },
+            writer: Writer {
+                group: settings.group.clone(),
+                settings,
+                db,
+                conn,
+                metrics,
+                shutdown,
+                deadline: None,
+            },
         }))
     }
-
-    /// Whether shutdown was asked; the first time, logs it and fixes the deadline (counted
-    /// from the signal).
-    fn stopping(&mut self) -> bool {
-        let Some(signalled) = *self.shutdown.borrow() else {
-            return false;
-        };
-        if self.deadline.is_none() {
-            tracing::info!("shutdown asked: finishing the batch in flight");
-            self.deadline =
-                Some(signalled + Duration::from_millis(self.settings.shutdown_timeout_ms));
-        }
-        true
-    }
-
-    fn out_of_time(&mut self) -> bool {
-        self.stopping()
-            && self
-                .deadline
-                .is_some_and(|deadline| Instant::now() >= deadline)
-    }
-
-    /// Sleeps for a retry, never past the shutdown deadline.
-    async fn retry_pause(&mut self, delay: Duration) {
-        let delay = match self.deadline {
-            Some(deadline) => delay.min(deadline.saturating_duration_since(Instant::now())),
-            None => delay,
-        };
-        if self.deadline.is_some() {
-            tokio::time::sleep(delay).await;
-        } else {
-            pause(&mut self.shutdown, delay).await;
-        }
-    }
-
     /// Runs until shutdown is asked, then finishes the batch in flight and returns.
-    pub async fn run(mut self) -> anyhow::Result<()> {
-        let discover_every = Duration::from_millis(self.settings.discover_interval_ms.max(10));
-        let claim_every = (self.settings.claim_idle() / 2).max(Duration::from_millis(50));
-        let trim_every = Duration::from_millis(match self.settings.trim_interval_ms {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Daemon {
+            mut reads,
+            mut writer,
+        } = self;
+        let settings = reads.settings.clone();
+        let discover_every = Duration::from_millis(settings.discover_interval_ms.max(10));
+        let claim_every = (settings.claim_idle() / 2).max(Duration::from_millis(50));
+        let trim_every = Duration::from_millis(match settings.trim_interval_ms {
             0 => 10_000,
             ms => ms,
         });
         let mut next_discover = Instant::now();
         let mut next_claim = Instant::now() + claim_every;
         let mut next_trim = Instant::now() + trim_every;
-        let mut backoff = Backoff::new(
-            FIRST_RETRY,
-            Duration::from_millis(self.settings.backoff_max_ms),
-        );
-        while !self.stopping() {
-            self.metrics.beat();
+        let mut backoff = Backoff::new(FIRST_RETRY, Duration::from_millis(settings.backoff_max_ms));
+        // Read, not yet committed: committed while the next batch is read.
+        let mut in_flight: Vec<RawEntry> = Vec::new();
+        while !writer.stopping() {
+            reads.metrics.beat();
             let now = Instant::now();
             if now >= next_discover {
-                match self.reader.discover().await {
+                match reads.reader.discover().await {
                     Ok(found) => {
                         if found > 0 {
                             tracing::info!(found, "new coupon streams");
                         }
                         next_discover = now + discover_every;
-                        self.metrics
+                        reads
+                            .metrics
                             .streams
-                            .set(i64::try_from(self.reader.streams().len()).unwrap_or(i64::MAX));
+                            .set(i64::try_from(reads.reader.streams().len()).unwrap_or(i64::MAX));
                     }
                     Err(e) => {
-                        self.read_failed(&e, &mut backoff).await;
+                        let entries = std::mem::take(&mut in_flight);
+                        tokio::join!(reads.read_failed(&e, &mut backoff), writer.process(entries));
                         continue;
                     }
                 }
             }
-            if now >= next_claim && !self.reader.claiming() {
-                self.reader.start_claim_round();
+            if now >= next_claim && !reads.reader.claiming() {
+                reads.reader.start_claim_round();
                 next_claim = now + claim_every;
             }
-            let batch = match self.fill_batch().await {
+            let entries = std::mem::take(&mut in_flight);
+            let (read, ()) = tokio::join!(reads.fill_batch(), writer.process(entries));
+            let batch = match read {
                 Ok(batch) => {
                     backoff.reset();
                     batch
@@ -290,20 +286,27 @@ impl Daemon {
                     if e.lost_group() {
                         next_discover = Instant::now();
                     }
-                    self.read_failed(&e, &mut backoff).await;
+                    reads.read_failed(&e, &mut backoff).await;
                     batch
                 }
             };
-            if !batch.is_empty() {
-                self.process(batch.into_entries()).await;
-            }
-            if Instant::now() >= next_trim && !self.stopping() {
-                self.maintain().await;
+            in_flight = batch.into_entries();
+            if Instant::now() >= next_trim && !writer.stopping() {
+                writer
+                    .maintain(reads.reader.streams(), &reads.reader.config().consumer)
+                    .await;
                 next_trim = Instant::now() + trim_every;
             }
         }
+        writer.process(in_flight).await;
         tracing::info!("persister stopped");
         Ok(())
+    }
+}
+
+impl Reads {
+    fn stopping(&self) -> bool {
+        self.shutdown.borrow().is_some()
     }
 
     async fn read_failed(&mut self, error: &ReadError, backoff: &mut Backoff) {
@@ -380,9 +383,48 @@ impl Daemon {
             );
         }
     }
+}
+
+impl Writer {
+    /// Whether shutdown was asked; the first time, logs it and fixes the deadline (counted
+    /// from the signal).
+    fn stopping(&mut self) -> bool {
+        let Some(signalled) = *self.shutdown.borrow() else {
+            return false;
+        };
+        if self.deadline.is_none() {
+            tracing::info!("shutdown asked: finishing the batch in flight");
+            self.deadline =
+                Some(signalled + Duration::from_millis(self.settings.shutdown_timeout_ms));
+        }
+        true
+    }
+
+    fn out_of_time(&mut self) -> bool {
+        self.stopping()
+            && self
+                .deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Sleeps for a retry, never past the shutdown deadline.
+    async fn retry_pause(&mut self, delay: Duration) {
+        let delay = match self.deadline {
+            Some(deadline) => delay.min(deadline.saturating_duration_since(Instant::now())),
+            None => delay,
+        };
+        if self.deadline.is_some() {
+            tokio::time::sleep(delay).await;
+        } else {
+            pause(&mut self.shutdown, delay).await;
+        }
+    }
 
     /// Commits a batch's events, acknowledges them, and deals with the ones that failed.
     async fn process(&mut self, entries: Vec<RawEntry>) {
+        if entries.is_empty() {
+            return;
+        }
         let mut events: Vec<Event> = Vec::with_capacity(entries.len());
         let mut failed: Vec<(&RawEntry, String)> = Vec::new();
         for entry in &entries {
@@ -610,11 +652,11 @@ impl Daemon {
 
     /// Samples the pending count, forgets consumers idle for ten claim times without pending
     /// entries, and trims committed entries.
-    async fn maintain(&mut self) {
+    async fn maintain(&mut self, streams: &[StreamKey], me: &str) {
         let mut pending: u64 = 0;
         let trim = self.settings.trim_interval_ms > 0;
-        for stream in self.reader.streams().to_vec() {
-            let groups = match trim::group_states(&mut self.conn, &stream).await {
+        for stream in streams {
+            let groups = match trim::group_states(&mut self.conn, stream).await {
                 Ok(groups) => groups,
                 Err(error) => {
                     self.metrics.error("redis_trim");
@@ -630,13 +672,13 @@ impl Daemon {
             let idle_ms = u64::try_from(self.settings.claim_idle().as_millis())
                 .unwrap_or(u64::MAX)
                 .saturating_mul(10);
-            let me = self.reader.config().consumer.clone();
-            match trim::forget_idle_consumers(&mut self.conn, &stream, &self.group, &me, idle_ms)
+            let me = me.to_string();
+            match trim::forget_idle_consumers(&mut self.conn, stream, &self.group, &me, idle_ms)
                 .await
             {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(
-                    stream = %String::from_utf8_lossy(&stream),
+                    stream = %String::from_utf8_lossy(stream),
                     removed,
                     "forgot idle consumers without pending entries"
                 ),
@@ -649,7 +691,7 @@ impl Daemon {
                 continue;
             }
             let limit = self.settings.db_limits().statements;
-            let read = read_checkpoint(&self.db, &self.group, &stream);
+            let read = read_checkpoint(&self.db, &self.group, stream);
             let checkpoint = match tokio::time::timeout(limit, read).await {
                 Err(_) => {
                     self.metrics.error("db_timeout");
@@ -666,12 +708,12 @@ impl Daemon {
             let Some(min_id) = trim::safe_min_id(checkpoint, &groups) else {
                 continue;
             };
-            match trim::trim(&mut self.conn, &stream, min_id).await {
+            match trim::trim(&mut self.conn, stream, min_id).await {
                 Ok(removed) => {
                     self.metrics.trimmed.inc_by(removed);
                     if removed > 0 {
                         tracing::debug!(
-                            stream = %String::from_utf8_lossy(&stream),
+                            stream = %String::from_utf8_lossy(stream),
                             %min_id, removed, "trimmed"
                         );
                     }

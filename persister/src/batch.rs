@@ -25,14 +25,20 @@ impl Batch {
         }
     }
 
-    /// Adds entries; the linger clock starts with the first one.
-    pub fn extend(&mut self, entries: Vec<RawEntry>, now: Instant) {
+    /// Adds entries up to the batch's size and hands back those that did not fit (in
+    /// order, for the next batch); the linger clock starts with the first one.
+    #[must_use = "entries that did not fit belong in the next batch"]
+    pub fn extend(&mut self, entries: Vec<RawEntry>, now: Instant) -> Vec<RawEntry> {
+        let mut rest = Vec::new();
         for entry in entries {
-            if self.seen.insert((entry.stream.clone(), entry.id)) {
+            if self.is_full() {
+                rest.push(entry);
+            } else if self.seen.insert((entry.stream.clone(), entry.id)) {
                 self.opened.get_or_insert(now);
                 self.entries.push(entry);
             }
         }
+        rest
     }
 
     pub fn len(&self) -> usize {
@@ -94,21 +100,34 @@ mod tests {
         let mut batch = Batch::new(3, Duration::from_millis(50));
         assert_eq!(batch.time_left(now), None);
         assert!(!batch.is_ready(now));
-        batch.extend(entries(&[1, 2]), now);
-        batch.extend(entries(&[2]), now);
+        assert!(batch.extend(entries(&[1, 2]), now).is_empty());
+        assert!(batch.extend(entries(&[2]), now).is_empty());
         assert_eq!((batch.len(), batch.room()), (2, 1));
         assert!(!batch.is_ready(now));
-        batch.extend(entries(&[3]), now);
+        assert!(batch.extend(entries(&[3]), now).is_empty());
         assert!(batch.is_full() && batch.is_ready(now));
+    }
+
+    #[test]
+    fn never_grows_past_its_size() {
+        let now = Instant::now();
+        let mut batch = Batch::new(3, Duration::from_millis(50));
+        let rest = batch.extend(entries(&[1, 2, 3, 4, 5]), now);
+        assert_eq!(batch.len(), 3);
+        let ids: Vec<u64> = rest.iter().map(|entry| entry.id.ms).collect();
+        assert_eq!(ids, vec![4, 5]);
+        let mut next = Batch::new(3, Duration::from_millis(50));
+        assert!(next.extend(rest, now).is_empty());
+        assert_eq!(next.len(), 2);
     }
 
     #[test]
     fn lingers_from_the_first_entry() {
         let start = Instant::now();
         let mut batch = Batch::new(100, Duration::from_millis(50));
-        batch.extend(Vec::new(), start);
+        assert!(batch.extend(Vec::new(), start).is_empty());
         assert_eq!(batch.time_left(start), None);
-        batch.extend(entries(&[1]), start);
+        assert!(batch.extend(entries(&[1]), start).is_empty());
         let later = start + Duration::from_millis(20);
         assert_eq!(batch.time_left(later), Some(Duration::from_millis(30)));
         assert!(!batch.is_ready(later));

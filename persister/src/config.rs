@@ -161,7 +161,21 @@ pub struct Settings {
     pub shutdown_timeout_ms: u64,
 }
 
+/// Longest consumer group name: the checkpoint's `consumer_group` column holds 255
+/// characters.
+pub const MAX_GROUP_CHARS: usize = 255;
+
 impl Settings {
+    /// Checks what the flags' parsers cannot: refused at start rather than by the database
+    /// later (a group too long for the checkpoint would fail every batch).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let chars = self.group.chars().count();
+        if chars == 0 || chars > MAX_GROUP_CHARS {
+            anyhow::bail!("--group must have 1 to {MAX_GROUP_CHARS} characters, not {chars}");
+        }
+        Ok(())
+    }
+
     pub fn consumer_name(&self) -> String {
         if let Some(name) = &self.consumer {
             return name.clone();
@@ -223,5 +237,12 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Migrate)));
         assert_eq!(cli.settings.batch_size, 7);
         assert!(Cli::try_parse_from(["coupon-persister", "--batch-size", "0"]).is_err());
+        assert!(cli.settings.validate().is_ok());
+        let long = "é".repeat(MAX_GROUP_CHARS + 1);
+        let cli = Cli::try_parse_from(["coupon-persister", "--group", &long]).expect("parses");
+        assert!(cli.settings.validate().is_err());
+        let longest = "é".repeat(MAX_GROUP_CHARS);
+        let cli = Cli::try_parse_from(["coupon-persister", "--group", &longest]).expect("parses");
+        assert!(cli.settings.validate().is_ok());
     }
 }

@@ -6,7 +6,7 @@ use crate::backoff::Backoff;
 use crate::batch::Batch;
 use crate::commit::{commit_batch, read_checkpoint, CommitStats};
 use crate::config::Settings;
-use crate::db::{classify, error_label, Db, ErrorKind};
+use crate::db::{classify, error_label, migration_is_broken, Db, ErrorKind};
 use crate::event::{EntryId, Event, Malformed, RawEntry, StreamKey};
 use crate::metrics::{now_ms, Metrics};
 use crate::read::{ReadConfig, ReadError, Reader, Vanished};
@@ -70,6 +70,8 @@ pub struct Daemon {
 struct Reads {
     settings: Settings,
     reader: Reader,
+    /// Entries read that did not fit in the last batch: the next one starts with them.
+    carry: Vec<RawEntry>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<Shutdown>,
 }
@@ -156,10 +158,26 @@ pub async fn migrate(
     wait: Duration,
 ) -> anyhow::Result<()> {
     let (_keep, mut never) = watch::channel(None);
-    let attempt = until_ready("db_migrate", settings, metrics, &mut never, || db.migrate());
+    let attempt = until_ready("db_migrate", settings, metrics, &mut never, || {
+        migrate_once(db)
+    });
     match tokio::time::timeout(wait, attempt).await {
-        Ok(Some(())) => Ok(()),
+        Ok(Some(Ok(()))) => Ok(()),
+        Ok(Some(Err(broken))) => Err(broken),
         _ => anyhow::bail!("the migrations did not run within {wait:?}: see the log above"),
+    }
+}
+
+/// One try at migrating: `Err` to retry (the database is not reachable…), `Ok(Err)` when
+/// the database's migration history contradicts this version's, which no retry fixes.
+async fn migrate_once(db: &Db) -> Result<anyhow::Result<()>, sqlx::migrate::MigrateError> {
+    match db.migrate().await {
+        Ok(()) => Ok(Ok(())),
+        Err(error) if migration_is_broken(&error) => Ok(Err(anyhow::anyhow!(
+            "the database's migrations do not match this version of coupon-persister ({error}); \
+             fix the _sqlx_migrations table or use a matching version"
+        ))),
+        Err(error) => Err(error),
     }
 }
 
@@ -172,13 +190,14 @@ impl Daemon {
         mut shutdown: watch::Receiver<Shutdown>,
     ) -> anyhow::Result<Option<Daemon>> {
         let db = Db::open(&settings.database_url)?;
-        if until_ready("db_migrate", &settings, &metrics, &mut shutdown, || {
-            db.migrate()
+        match until_ready("db_migrate", &settings, &metrics, &mut shutdown, || {
+            migrate_once(&db)
         })
         .await
-        .is_none()
         {
-            return Ok(None);
+            None => return Ok(None),
+            Some(Err(broken)) => return Err(broken),
+            Some(Ok(())) => {}
         }
         let client = redis::Client::open(settings.redis_url.as_str()).context("--redis-url")?;
         let Some(read_conn) =
@@ -216,6 +235,7 @@ impl Daemon {
             reads: Reads {
                 settings: settings.clone(),
                 reader,
+                carry: Vec::new(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
             },
@@ -326,6 +346,8 @@ impl Reads {
     /// back what was gathered so far with the error.
     async fn fill_batch(&mut self) -> Result<Batch, (Batch, ReadError)> {
         let mut batch = Batch::new(self.settings.batch_size as usize, self.settings.linger());
+        let carried = std::mem::take(&mut self.carry);
+        self.carry = batch.extend(carried, Instant::now());
         loop {
             let now = Instant::now();
             if batch.is_ready(now) || (self.stopping() && !self.reader.draining()) {
@@ -364,7 +386,8 @@ impl Reads {
                             .with_label_values(&[entry.source.label()])
                             .inc();
                     }
-                    batch.extend(entries, Instant::now());
+                    let rest = batch.extend(entries, Instant::now());
+                    self.carry.extend(rest);
                     self.metrics.set_healthy(true);
                 }
                 Err(e) => return Err((batch, e)),

@@ -73,6 +73,21 @@ impl Db {
     }
 }
 
+/// Whether a migration error is about the database's migration history itself (a shipped
+/// migration changed or missing, or one left half applied): retrying cannot fix it.
+pub fn migration_is_broken(error: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    matches!(
+        error,
+        MigrateError::VersionMismatch(_)
+            | MigrateError::VersionMissing(_)
+            | MigrateError::Dirty(_)
+            | MigrateError::VersionNotPresent(_)
+            | MigrateError::VersionTooOld(_, _)
+            | MigrateError::VersionTooNew(_, _)
+    )
+}
+
 /// What to do about a failed database call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

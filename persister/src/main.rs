@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let settings = cli.settings;
+    settings.validate()?;
     let metrics = Arc::new(Metrics::new()?);
 
     if let Some(Command::Migrate) = cli.command {

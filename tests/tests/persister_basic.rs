@@ -620,3 +620,109 @@ fn idle_consumers_are_forgotten() {
     }
     assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || watcher.log());
 }
+
+/// Waits for a persister expected to stop by itself; its log.
+fn exits_by_itself(persister: &mut Persister) -> String {
+    let deadline = Instant::now() + LIMIT;
+    while persister.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "still running\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    persister.log()
+}
+
+/// Entries read from many streams at once never make a batch bigger than `--batch-size`:
+/// what does not fit waits for the next batch.
+#[test]
+fn batches_never_exceed_the_batch_size() {
+    let db = TestDb::sqlite();
+    let server = Server::start(Flavor::Redis);
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    for c in 0..30 {
+        ledger.issue(
+            &mut conn,
+            format!("many{c}").as_bytes(),
+            &users("u", 8),
+            100,
+        );
+    }
+    let persister = Persister::start(&server.url(), &db.url(), &[("batch-size", "10")]);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    let batches = persister.metric("coupon_persister_batch_size_count");
+    let small = persister.metric(r#"coupon_persister_batch_size_bucket{le="10"}"#);
+    assert!(batches >= 24.0, "{batches} batches for 240 events");
+    assert_eq!(small, batches, "some batches held more than 10 events");
+}
+
+/// A consumer group the checkpoint cannot hold is refused at start, with a clear message.
+#[test]
+fn a_group_name_too_long_is_refused_at_start() {
+    let db = TestDb::sqlite();
+    let server = Server::start(Flavor::Redis);
+    let group = "g".repeat(256);
+    let mut persister = Persister::start(&server.url(), &db.url(), &[("group", &group)]);
+    let log = exits_by_itself(&mut persister);
+    assert!(log.contains("--group"), "{log}");
+}
+
+/// A database whose migration history contradicts the shipped migrations (one edited after
+/// it ran) stops the persister with a clear message instead of retrying forever.
+#[test]
+fn a_broken_migration_history_is_fatal() {
+    let db = TestDb::sqlite();
+    let server = Server::start(Flavor::Redis);
+    let status = std::process::Command::new(persister_path())
+        .args(["migrate", "--database-url", &db.url()])
+        .status()
+        .expect("coupon-persister migrate");
+    assert!(status.success(), "migrate failed");
+    query_rows(&db.url(), "UPDATE _sqlx_migrations SET checksum = X'00'").expect("UPDATE");
+    let mut persister = Persister::start(&server.url(), &db.url(), &[]);
+    let log = exits_by_itself(&mut persister);
+    assert!(log.contains("do not match this version"), "{log}");
+    let status = std::process::Command::new(persister_path())
+        .args(["migrate", "--database-url", &db.url()])
+        .status()
+        .expect("coupon-persister migrate");
+    assert!(!status.success(), "migrate succeeded on a broken history");
+}
+
+/// Consumer groups differing only in case are two groups in Redis and keep two checkpoints.
+#[test]
+fn checkpoints_of_groups_differing_in_case_are_apart() {
+    let db = TestDb::mariadb();
+    let server = Server::start(Flavor::Redis);
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    ledger.issue(&mut conn, b"case", &users("u", 5), 100);
+    for group in ["persister", "Persister"] {
+        let mut persister = Persister::start(
+            &server.url(),
+            &db.url(),
+            &[("group", group), ("consumer", group)],
+        );
+        assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+        let deadline = Instant::now() + LIMIT;
+        while pending(&server, group) > 0 || persister.metric("coupon_persister_acked_total") < 5.0
+        {
+            assert!(Instant::now() < deadline, "not acked\n{}", persister.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        persister.terminate(Duration::from_secs(10));
+    }
+    let rows = query_rows(
+        &db.url(),
+        "SELECT HEX(consumer_group) FROM coupon_checkpoint ORDER BY 1",
+    )
+    .expect("SELECT");
+    let groups: Vec<String> = rows
+        .iter()
+        .map(|row| sqlx::Row::get::<String, _>(row, 0))
+        .collect();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+}

@@ -91,6 +91,26 @@ impl MariaDb {
         }
     }
 
+    /// SIGSTOP: the server freezes (connections stay open, nothing answers) until
+    /// [`MariaDb::thaw`].
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`MariaDb::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("mariadbd is not running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Kills the server and starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();

@@ -291,6 +291,70 @@ fn sigterm_while_the_database_is_down() {
     wait_no_pending(&server, &persister);
 }
 
+/// SIGTERM while MariaDB is frozen (SIGSTOP: connections open, nothing answers), with
+/// statement timeouts far longer than the shutdown timeout: the transaction waiting on the
+/// database is abandoned at the shutdown deadline (rolled back, nothing acked) and the
+/// process exits in bounded time. Once the database thaws, everything lands.
+#[test]
+fn sigterm_while_the_database_is_frozen() {
+    let server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let mut persister = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[("shutdown-timeout-ms", "1500"), ("db-timeout-ms", "60000")],
+    );
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    let users: Vec<Vec<u8>> = (0..50).map(|i| format!("f{i}").into_bytes()).collect();
+    ledger.issue(&mut conn, b"frozen", &users[..25], 100);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    db.freeze();
+    ledger.issue(&mut conn, b"frozen", &users[25..], 100);
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = persister.terminate(Duration::from_secs(10));
+    db.thaw();
+    let (status, took) =
+        stopped.unwrap_or_else(|| panic!("no exit after SIGTERM\n{}", persister.log()));
+    assert!(status.success(), "{status}\n{}", persister.log());
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(5),
+        "took {took:?}\n{}",
+        persister.log()
+    );
+    assert_eq!(pending(&server, "persister"), 25, "left pending, not acked");
+    persister.restart();
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    wait_no_pending(&server, &persister);
+}
+
+/// A frozen MariaDB makes a batch's statements time out after `--db-timeout-ms`: the
+/// transaction is rolled back and retried, and the batch lands once the database thaws.
+#[test]
+fn frozen_database_times_out_and_is_retried() {
+    let server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let persister = Persister::start(&server.url(), &db.url(), &[("db-timeout-ms", "500")]);
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    let users: Vec<Vec<u8>> = (0..40).map(|i| format!("t{i}").into_bytes()).collect();
+    ledger.issue(&mut conn, b"thaw", &users[..20], 100);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    db.freeze();
+    ledger.issue(&mut conn, b"thaw", &users[20..], 100);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !persister.log().contains("took longer than") {
+        if Instant::now() >= deadline {
+            db.thaw();
+            panic!("no statement timeout while frozen\n{}", persister.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    db.thaw();
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    wait_no_pending(&server, &persister);
+}
+
 /// MariaDB killed mid-run: /healthz turns 503, the persister backs off and retries, and when
 /// the database is back everything lands, once.
 #[test]

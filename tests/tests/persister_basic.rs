@@ -311,6 +311,58 @@ fn failed_dead_lettering_leaves_the_entry_pending() {
     assert_eq!(kind, "string");
 }
 
+/// `XREADGROUP … COUNT count STREAMS stream >`: the IDs delivered.
+fn read_group(
+    conn: &mut redis::Connection,
+    stream: &[u8],
+    group: &str,
+    consumer: &str,
+    count: usize,
+) -> Vec<(u64, u64)> {
+    let answer: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query(conn)
+        .expect("XREADGROUP");
+    let Value::Array(streams) = answer else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for entry_list in streams {
+        let Value::Array(mut parts) = entry_list else {
+            continue;
+        };
+        let Value::Array(entries) = parts.remove(1) else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut fields) = entry else {
+                continue;
+            };
+            let id: String = redis::from_redis_value(fields.remove(0)).expect("id");
+            ids.push(parse_id(&id));
+        }
+    }
+    ids
+}
+
+fn ack(conn: &mut redis::Connection, stream: &[u8], group: &str, ids: &[(u64, u64)]) {
+    for chunk in ids.chunks(1000) {
+        let mut xack = redis::cmd("XACK");
+        xack.arg(stream).arg(group);
+        for (ms, seq) in chunk {
+            xack.arg(format!("{ms}-{seq}"));
+        }
+        let _: u64 = xack.query(conn).expect("XACK");
+    }
+}
+
 fn parse_id(text: &str) -> (u64, u64) {
     let (ms, seq) = text.split_once('-').expect("an entry ID");
     (ms.parse().expect("ms"), seq.parse().expect("seq"))
@@ -324,14 +376,69 @@ fn parse_id(text: &str) -> (u64, u64) {
 fn trimming_never_passes_the_checkpoint() {
     let server = Server::start(Flavor::Redis);
     let db = TestDb::mariadb();
-    let persister = Persister::start(
-        &server.url(),
-        &db.url(),
-        &[("trim-interval-ms", "100"), ("batch-size", "50")],
-    );
     let coupons: Vec<String> = (0..3).map(|i| format!("trim{i}")).collect();
     let load = coupon_tests::Load::start(&server, coupons.clone(), "t");
     let mut conn = server.connect();
+    // Another group on trim1 reads the first entries, acknowledges them and stalls: what it
+    // has not read must stay.
+    let slow_stream = events_key(b"trim1");
+    let deadline = Instant::now() + LIMIT;
+    while redis::cmd("XLEN")
+        .arg(&slow_stream)
+        .query::<u64>(&mut conn)
+        .expect("XLEN")
+        < 50
+    {
+        assert!(Instant::now() < deadline, "no load");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&slow_stream)
+        .arg("slow")
+        .arg("0")
+        .query(&mut conn)
+        .expect("XGROUP CREATE");
+    let slow_ids = read_group(&mut conn, &slow_stream, "slow", "r", 50);
+    let slow_last = *slow_ids.last().expect("the slow group read entries");
+    ack(&mut conn, &slow_stream, "slow", &slow_ids);
+
+    // Claims only after the sampling below: a second consumer's pending entries stay put.
+    let persister = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[
+            ("trim-interval-ms", "100"),
+            ("batch-size", "50"),
+            ("claim-idle-ms", "8000"),
+        ],
+    );
+    // A second consumer of the same group takes entries of trim0 mid-run and holds them:
+    // the persister's checkpoint moves past them, trimming must not.
+    let held_stream = events_key(b"trim0");
+    let deadline = Instant::now() + LIMIT;
+    while pending(&server, "persister") == 0
+        && query_rows(&db.url(), "SELECT 1 FROM coupon_checkpoint").map_or(true, |r| r.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nothing read\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // It races the persister for new entries: try until it wins some.
+    let deadline = Instant::now() + LIMIT;
+    let held = loop {
+        let held = read_group(&mut conn, &held_stream, "persister", "c2", 5);
+        if !held.is_empty() {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "c2 never got an entry");
+    };
+    let held_lowest = held[0];
+
     let started = Instant::now();
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_secs(3) {
@@ -385,8 +492,25 @@ fn trimming_never_passes_the_checkpoint() {
         }
     }
     let mut trimmed_samples = 0;
+    let mut held_samples = 0;
+    let mut slow_samples = 0;
     for (coupon, gone_below, checkpoint) in &samples {
         let trimmed = ids[coupon].iter().filter(|id| *id < gone_below);
+        if coupon == "trim0" && checkpoint.is_some_and(|c| c > held_lowest) {
+            held_samples += 1;
+            assert!(
+                held_lowest >= *gone_below,
+                "an entry pending in c2 ({held_lowest:?}) was trimmed (below {gone_below:?})"
+            );
+        }
+        if coupon == "trim1" {
+            slow_samples += 1;
+            let unread = trimmed.clone().filter(|id| **id > slow_last).max();
+            assert_eq!(
+                unread, None,
+                "entries the slow group never read were trimmed"
+            );
+        }
         if let Some(highest) = trimmed.max() {
             trimmed_samples += 1;
             let checkpoint = checkpoint
@@ -402,6 +526,19 @@ fn trimming_never_passes_the_checkpoint() {
         "{trimmed_samples} of {} samples saw trimming",
         samples.len()
     );
+    assert!(
+        held_samples > 5,
+        "{held_samples}: the checkpoint never passed c2's entries"
+    );
+    assert!(slow_samples > 5, "{slow_samples} samples of trim1");
+    // The slow group catches up; then everything can go.
+    loop {
+        let ids = read_group(&mut conn, &slow_stream, "slow", "r", 10_000);
+        if ids.is_empty() {
+            break;
+        }
+        ack(&mut conn, &slow_stream, "slow", &ids);
+    }
     // Trimming happened: once everything is committed the streams shrink to nothing.
     let deadline = Instant::now() + LIMIT;
     loop {

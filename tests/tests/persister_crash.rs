@@ -3,7 +3,8 @@
 //! entries, Redis restarted. After each, the database equals Redis.
 
 use coupon_tests::{
-    assert_persisted, events_key, pending, Flavor, Ledger, Load, MariaDb, Persister, Server, TestDb,
+    assert_persisted, events_key, pending, query_rows, Flavor, Ledger, Load, MariaDb, Persister,
+    Server, TestDb,
 };
 use std::time::{Duration, Instant};
 
@@ -419,26 +420,96 @@ fn two_persisters_one_killed() {
         .expect("XREADGROUP");
 
     let flags = [("claim-idle-ms", "1000"), ("batch-size", "100")];
+    let load = Load::start(&server, coupons("t", 4), "t");
     let mut first = Persister::start(
         &server.url(),
         &db.url(),
         &[flags[0], flags[1], ("consumer", "c1")],
     );
+    // The first takes over the vanished consumer's entries and persists the rest.
+    let ghost_rows = || {
+        query_rows(
+            &db.url(),
+            "SELECT COUNT(*) FROM coupon_issuance WHERE coupon = 'ghost'",
+        )
+        .ok()
+        .and_then(|rows| rows.first().map(|row| sqlx::Row::get::<i64, _>(row, 0)))
+        .unwrap_or(0)
+    };
+    let deadline = Instant::now() + LIMIT;
+    while ghost_rows() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "ghost not persisted\n{}",
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Its next batches cannot commit (the checkpoint rows are locked): killed with them
+    // read and pending.
+    let mut lock = db.spawn_sql(
+        "BEGIN; SELECT * FROM coupon.coupon_checkpoint FOR UPDATE; SELECT SLEEP(3); COMMIT;",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let more: Vec<Vec<u8>> = (0..50).map(|i| format!("h{i}").into_bytes()).collect();
+    ledger.issue(&mut conn, b"ghost", &more, 1000);
+    std::thread::sleep(Duration::from_millis(700));
+    let held = pending_of(&server, "c1");
+    first.kill();
+    let _ = lock.wait();
+    assert!(held >= 50, "the killed persister held {held} entries");
+
     let second = Persister::start(
         &server.url(),
         &db.url(),
         &[flags[0], flags[1], ("consumer", "c2")],
     );
-    let load = Load::start(&server, coupons("t", 4), "t");
-    std::thread::sleep(Duration::from_millis(1000));
-    first.kill();
     std::thread::sleep(Duration::from_millis(1500));
     ledger.merge(load.stop());
     assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || {
         format!("{}\n{}", first.log(), second.log())
     });
     wait_no_pending(&server, &second);
-    assert!(second.metric("coupon_persister_events_read_total{source=\"claimed\"}") >= 1.0);
+    assert_eq!(pending_of(&server, "c1"), 0);
+    let claimed = second.metric("coupon_persister_events_read_total{source=\"claimed\"}");
+    assert!(
+        claimed >= held as f64,
+        "claimed {claimed} of the {held} the killed one held\n{}",
+        second.log()
+    );
+}
+
+/// Entries pending in the group `persister` in `consumer`'s name, over every stream.
+fn pending_of(server: &Server, consumer: &str) -> u64 {
+    let mut conn = server.connect();
+    let streams: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*:events")
+        .query(&mut conn)
+        .expect("KEYS");
+    let mut total = 0;
+    for stream in streams {
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("persister")
+            .query(&mut conn)
+            .unwrap_or(redis::Value::Nil);
+        let redis::Value::Array(mut parts) = summary else {
+            continue;
+        };
+        if parts.len() < 4 {
+            continue;
+        }
+        let per_consumer: Vec<(String, String)> =
+            redis::from_redis_value(parts.remove(3)).unwrap_or_default();
+        for (name, count) in per_consumer {
+            if name == consumer {
+                total += count.parse::<u64>().expect("a count");
+            }
+        }
+    }
+    total
 }
 
 /// Redis restarted (from its append-only file) between two waves of issues: the persister

@@ -319,6 +319,11 @@ impl Daemon {
             }
         }
         writer.process(in_flight).await;
+        // Read but not fitting the last batch: committed too, so nothing read stays pending.
+        let carry = std::mem::take(&mut reads.carry);
+        for batch in carry.chunks(settings.batch_size.max(1) as usize) {
+            writer.process(batch.to_vec()).await;
+        }
         tracing::info!("persister stopped");
         Ok(())
     }

@@ -240,8 +240,8 @@ impl Reader {
     }
 
     /// Entries never delivered before, waiting up to `block`: about `count` in all (each
-    /// stream is asked for an equal share, so the total stays under `count` plus the number
-    /// of streams).
+    /// stream is asked for an equal share, so the total can pass `count` by up to the
+    /// number of streams; the batch keeps what does not fit for the next one).
     pub async fn read_new(
         &mut self,
         count: usize,

@@ -225,7 +225,7 @@ where
             None => Ok(query.await?),
             Some(limit) => match tokio::time::timeout(limit, query).await {
                 Ok(result) => Ok(result?),
-                Err(_) => Err(Error::Timeout(limit)),
+                Err(_) => Err(Error::Timeout(Some(limit))),
             },
         }
     }

@@ -10,8 +10,8 @@ pub enum Error {
     InvalidInput(&'static str),
     /// No answer within the timeout. The command may still have run: retrying `issue` is
     /// safe (it answers `AlreadyIssued` with the same seq if the first attempt got through).
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
+    #[error("no answer in time{}", .0.map(|limit| format!(" ({limit:?})")).unwrap_or_default())]
+    Timeout(Option<Duration>),
     /// The connection to Redis failed or dropped.
     #[error("connection to Redis failed: {0}")]
     Connection(#[source] redis::RedisError),
@@ -26,8 +26,8 @@ pub enum Error {
 impl From<redis::RedisError> for Error {
     fn from(error: redis::RedisError) -> Self {
         if error.is_timeout() {
-            // The client library's own response timeout.
-            Error::Timeout(Duration::ZERO)
+            // The connection's own response timeout, whose length this client does not know.
+            Error::Timeout(None)
         } else if error.is_io_error()
             || error.is_connection_dropped()
             || error.is_connection_refusal()

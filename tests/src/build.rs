@@ -1,35 +1,51 @@
-//! Finds the module's `.so`, building it once per test binary.
+//! Finds the binaries under test, building each once per test binary.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The module to load: `$COUPON_MODULE` if set, else `target/release/libcoupon.so`, built
-/// with `cargo build --release -p coupon-module` the first time a test asks.
+/// The module to load: `$COUPON_MODULE` if set, else `target/release/libcoupon.so`.
 pub fn module_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| release_artifact("COUPON_MODULE", "coupon-module", "libcoupon.so"))
+        .clone()
+}
+
+/// The persister: `$COUPON_PERSISTER_BIN` if set, else `target/release/coupon-persister`.
+pub fn persister_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        if let Some(path) = std::env::var_os("COUPON_MODULE") {
-            return PathBuf::from(path);
-        }
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "coupon-module"])
-            .current_dir(&root)
-            .status()
-            .expect("cannot run cargo to build the coupon module");
-        assert!(status.success(), "building the coupon module failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let path = target.join("release").join("libcoupon.so");
-        assert!(
-            path.exists(),
-            "{} is missing after the build",
-            path.display()
-        );
-        path
+        release_artifact(
+            "COUPON_PERSISTER_BIN",
+            "coupon-persister",
+            "coupon-persister",
+        )
     })
     .clone()
+}
+
+/// `$override_var` if set; else builds `package` with `cargo build --release` and returns
+/// `target/release/<file>`.
+fn release_artifact(override_var: &str, package: &str, file: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(override_var) {
+        return PathBuf::from(path);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", package])
+        .current_dir(&root)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
+    assert!(status.success(), "building {package} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let path = target.join("release").join(file);
+    assert!(
+        path.exists(),
+        "{} is missing after the build",
+        path.display()
+    );
+    path
 }

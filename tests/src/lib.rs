@@ -9,12 +9,12 @@ mod persister;
 mod server;
 mod workload;
 
-pub use build::module_path;
+pub use build::{module_path, persister_path};
 pub use cluster::Cluster;
 pub use mariadb::MariaDb;
 pub use persister::{
     assert_persisted, assert_redis_matches, db_rows, differences, events_key, key_prefix, pending,
-    persister_path, query_rows, DbRow, Ledger, Load, Persister, TestDb,
+    query_rows, DbRow, Ledger, Load, Persister, TestDb,
 };
 pub use server::{Flavor, Server, ServerBuilder};
 pub use workload::mixed_workload;

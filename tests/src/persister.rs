@@ -2,48 +2,17 @@
 //! can SIGKILL or SIGTERM it), a ledger of what the tests issued and revoked, and the check
 //! that the database holds exactly that — and what Redis holds.
 
-use crate::{MariaDb, Server};
+use crate::{persister_path, MariaDb, Server};
 use redis::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-
-/// The binary: `$COUPON_PERSISTER_BIN` if set, else `target/release/coupon-persister`, built
-/// with `cargo build --release -p coupon-persister` the first time a test asks.
-pub fn persister_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(path) = std::env::var_os("COUPON_PERSISTER_BIN") {
-            return PathBuf::from(path);
-        }
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "coupon-persister"])
-            .current_dir(&root)
-            .status()
-            .expect("cannot run cargo to build the persister");
-        assert!(status.success(), "building the persister failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let path = target.join("release").join("coupon-persister");
-        assert!(
-            path.exists(),
-            "{} is missing after the build",
-            path.display()
-        );
-        path
-    })
-    .clone()
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -2,7 +2,7 @@
 //! free loopback port, without grant tables; killable and restartable in place; killed on
 //! drop. Never the system's server.
 
-use std::net::TcpListener;
+use crate::server::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -192,13 +192,6 @@ impl Drop for MariaDb {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("cannot find a free port")
 }
 
 /// Waits until the server answers a query on `port`, or exits, or 30 s pass. It must be

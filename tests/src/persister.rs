@@ -2,24 +2,18 @@
 //! can SIGKILL or SIGTERM it), a ledger of what the tests issued and revoked, and the check
 //! that the database holds exactly that — and what Redis holds.
 
+use crate::server::free_port;
 use crate::{persister_path, MariaDb, Server};
 use redis::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("cannot find a free port")
-}
 
 /// Flags every test run gets unless it overrides them: fast discovery, short linger, short
 /// backoff, no trimming, metrics on a free port.

@@ -615,6 +615,15 @@ mod tests {
     use crate::event::Op;
     use std::sync::Arc;
 
+    /// A migrated SQLite database in a temp dir (kept alive by the returned guard).
+    async fn migrated_sqlite() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::open(&url).expect("open");
+        db.migrate().await.expect("migrate");
+        (dir, db)
+    }
+
     fn event(op: Op, user: &str, seq: i64, id_ms: u64) -> Event {
         Event {
             stream: Arc::from(&b"{c}:events"[..]),
@@ -662,10 +671,7 @@ mod tests {
     /// its issue ends with the right row, and the checkpoint never moves back.
     #[tokio::test]
     async fn commits_are_idempotent_and_order_free() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = Db::open(&url).expect("open");
-        db.migrate().await.expect("migrate");
+        let (_dir, db) = migrated_sqlite().await;
 
         let first = [event(Op::Issue, "a", 1, 10), event(Op::Revoke, "b", 2, 30)];
         let stats = commit(&db, &first).await.expect("commit");
@@ -710,10 +716,7 @@ mod tests {
     /// is reported; the rest of the batch commits.
     #[tokio::test]
     async fn conflicting_events_are_reported_not_written() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = Db::open(&url).expect("open");
-        db.migrate().await.expect("migrate");
+        let (_dir, db) = migrated_sqlite().await;
         commit(&db, &[event(Op::Issue, "a", 1, 10)])
             .await
             .expect("commit");
@@ -786,10 +789,7 @@ mod tests {
     /// coupon: one lookup, the inserts, one update per kind of half, one checkpoint update.
     #[tokio::test]
     async fn a_batch_over_many_coupons_takes_few_statements() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = Db::open(&url).expect("open");
-        db.migrate().await.expect("migrate");
+        let (_dir, db) = migrated_sqlite().await;
         let issues = spread(Op::Issue, 50, 20, 1000);
         let stats = commit(&db, &issues).await.expect("commit");
         assert_eq!(
@@ -847,10 +847,7 @@ mod tests {
     /// Statements stuck before COMMIT are abandoned on `abort`, and nothing is written.
     #[tokio::test]
     async fn abort_rolls_back_before_commit() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = Db::open(&url).expect("open");
-        db.migrate().await.expect("migrate");
+        let (_dir, db) = migrated_sqlite().await;
         // The only connection is taken: BEGIN cannot even start.
         let held = db.pool.acquire().await.expect("acquire");
         let events = [event(Op::Issue, "a", 1, 10)];

@@ -2,15 +2,22 @@
 
 use crate::Error;
 
-/// The three keys of one coupon: `{K}:holders`, `{K}:meta`, `{K}:events`.
+/// The three keys of one coupon, for reading its data directly (the README's data layout):
+/// `{K}:holders` (hash user → seq), `{K}:meta` (hash), `{K}:events` (stream).
+///
+/// ```
+/// let keys = coupon_sdk::CouponKeys::of(b"sale").unwrap();
+/// assert_eq!(keys.events, b"{sale}:events");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CouponKeys {
+pub struct CouponKeys {
     pub holders: Vec<u8>,
     pub meta: Vec<u8>,
     pub events: Vec<u8>,
 }
 
 impl CouponKeys {
+    /// The keys of `coupon`, or [`Error::InvalidInput`] for a key the module refuses.
     pub fn of(coupon: &[u8]) -> Result<Self, Error> {
         let prefix = if needs_wrapping(coupon)? {
             [b"{", coupon, b"}"].concat()

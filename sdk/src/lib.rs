@@ -31,6 +31,7 @@ mod outcome;
 pub use backend::Backend;
 pub use client::Coupons;
 pub use error::{Error, Result};
+pub use keys::CouponKeys;
 pub use outcome::{CouponInfo, Outcome, Window};
 
 /// The Lua script of the [`Backend::Script`] backend, for inspection or preloading with

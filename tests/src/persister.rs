@@ -4,6 +4,7 @@
 
 use crate::server::free_port;
 use crate::{persister_path, MariaDb, Server};
+use coupon_sdk::CouponKeys;
 use redis::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -194,22 +195,13 @@ impl Drop for Persister {
     }
 }
 
-/// `{key}` for a plain key, the key itself if it has a hash tag (the module's rule).
-pub fn key_prefix(coupon: &[u8]) -> Vec<u8> {
-    let tagged = coupon
-        .iter()
-        .position(|b| *b == b'{')
-        .and_then(|open| coupon[open + 1..].iter().position(|b| *b == b'}'))
-        .is_some_and(|len| len > 0);
-    if tagged {
-        coupon.to_vec()
-    } else {
-        [b"{".as_slice(), coupon, b"}"].concat()
-    }
+/// The event stream of `coupon`, as the module names it.
+pub fn events_key(coupon: &[u8]) -> Vec<u8> {
+    coupon_keys(coupon).events
 }
 
-pub fn events_key(coupon: &[u8]) -> Vec<u8> {
-    [key_prefix(coupon).as_slice(), b":events"].concat()
+fn coupon_keys(coupon: &[u8]) -> CouponKeys {
+    CouponKeys::of(coupon).expect("a coupon key the module accepts")
 }
 
 /// What the tests issued and revoked, from the module's replies: (coupon, seq) → (user,
@@ -465,9 +457,9 @@ pub fn assert_persisted(
 pub fn assert_redis_matches(server: &Server, ledger: &Ledger) {
     let mut conn = server.connect();
     for coupon in ledger.coupons() {
-        let prefix = key_prefix(&coupon);
+        let keys = coupon_keys(&coupon);
         let holders: BTreeMap<Vec<u8>, i64> = redis::cmd("HGETALL")
-            .arg([prefix.as_slice(), b":holders"].concat())
+            .arg(&keys.holders)
             .query(&mut conn)
             .expect("HGETALL holders");
         let expected: BTreeMap<Vec<u8>, i64> = ledger
@@ -483,7 +475,7 @@ pub fn assert_redis_matches(server: &Server, ledger: &Ledger) {
             String::from_utf8_lossy(&coupon)
         );
         let meta: BTreeMap<String, i64> = redis::cmd("HGETALL")
-            .arg([prefix.as_slice(), b":meta"].concat())
+            .arg(&keys.meta)
             .query(&mut conn)
             .expect("HGETALL meta");
         let rows = ledger.rows.keys().filter(|(c, _)| *c == coupon);

@@ -145,6 +145,26 @@ fn revoke_before_issue_on_sqlite() {
     revoke_before_issue(TestDb::sqlite());
 }
 
+/// Waits up to `LIMIT` for the first dead letters.
+fn wait_for_dead_letters(
+    conn: &mut redis::Connection,
+    persister: &Persister,
+) -> Vec<BTreeMap<String, Vec<u8>>> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let letters = dead_letters(conn);
+        if !letters.is_empty() {
+            return letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing dead-lettered\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn dead_letters(conn: &mut redis::Connection) -> Vec<BTreeMap<String, Vec<u8>>> {
     let entries: Value = redis::cmd("XRANGE")
         .arg("coupon-persister:dead-letter")
@@ -206,19 +226,7 @@ fn poison_entry(db: TestDb) {
     );
     assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
 
-    let deadline = Instant::now() + LIMIT;
-    let letters = loop {
-        let letters = dead_letters(&mut conn);
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing dead-lettered\n{}",
-            persister.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let letters = wait_for_dead_letters(&mut conn, &persister);
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
     assert_eq!(letter["id"], bad_id.as_bytes());
@@ -603,19 +611,7 @@ fn entry_refused_by_the_database_is_dead_lettered() {
         ],
     );
     assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
-    let deadline = Instant::now() + LIMIT;
-    let letters = loop {
-        let letters = dead_letters(&mut conn);
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing dead-lettered\n{}",
-            persister.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let letters = wait_for_dead_letters(&mut conn, &persister);
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["id"], bad_id.as_bytes());
     assert_eq!(letters[0]["entry.user"], long_user);

@@ -252,7 +252,7 @@ pub(crate) fn free_port() -> u16 {
         .expect("cannot find a free port")
 }
 
-/// Waits until the server answers (it may be loading an AOF), or it exits, or 20 s pass.
+/// Waits until the server answers and has loaded its data, or it exits, or 20 s pass.
 /// It must be *our* server: one from another test may hold the port we picked.
 fn wait_until_ready(port: u16, child: &mut Child, dir: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -261,17 +261,28 @@ fn wait_until_ready(port: u16, child: &mut Child, dir: &Path) -> bool {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        let answer = redis::Client::open(url.as_str())
+        let Ok(mut conn) = redis::Client::open(url.as_str())
             .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
-            .and_then(|mut conn| {
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("dir")
-                    .query::<Vec<String>>(&mut conn)
-            });
-        if let Ok(config) = answer {
-            return config.get(1).map(PathBuf::from).as_deref()
-                == dir.canonicalize().ok().as_deref();
+        else {
+            std::thread::sleep(Duration::from_millis(25));
+            continue;
+        };
+        // CONFIG answers while an AOF or RDB is still loading; PING does not (LOADING), so
+        // a server is ready only once both do.
+        let config = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("dir")
+            .query::<Vec<String>>(&mut conn);
+        if let Ok(config) = config {
+            if config.get(1).map(PathBuf::from).as_deref() != dir.canonicalize().ok().as_deref() {
+                return false;
+            }
+            if matches!(
+                redis::cmd("PING").query::<String>(&mut conn).as_deref(),
+                Ok("PONG")
+            ) {
+                return true;
+            }
         }
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -30,15 +30,22 @@ pub enum KeyError {
     StrayBrace,
 }
 
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl KeyError {
+    /// What is wrong, in the words a user reads in the error reply.
+    pub const fn message(self) -> &'static str {
+        match self {
             KeyError::Empty => "coupon key must not be empty",
             KeyError::StrayBrace => {
                 "coupon key has a '{' or '}' that is not part of a hash tag, so its event \
                  stream could not share its hash slot; use a tag like 'sale{42}' or no braces"
             }
-        })
+        }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
     }
 }
 

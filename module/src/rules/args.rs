@@ -87,10 +87,16 @@ pub fn parse_user(user: &[u8]) -> Result<&[u8], CouponError> {
     }
 }
 
-/// A signed 64-bit decimal as Redis writes it: optional '-', digits, nothing else.
+/// A signed 64-bit decimal exactly as Redis' own integer arguments take it (`string2ll`):
+/// optional '-', no leading zeros, no '+', no spaces, and no "-0".
 pub fn parse_int(raw: &[u8]) -> Option<i64> {
     let digits = raw.strip_prefix(b"-").unwrap_or(raw);
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    let canonical = match digits {
+        [b'0'] => raw.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
         return None;
     }
     std::str::from_utf8(raw).ok()?.parse().ok()
@@ -138,10 +144,47 @@ mod tests {
             " 5",
             "5 ",
             "0x10",
+            "007",
+            "00",
+            "-0",
+            "-00",
+            "-",
         ] {
             assert_eq!(
                 parse(&["k", "u", bad]),
                 Err(CouponError::InvalidLimit),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_integers_as_redis_does() {
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"-1"), Some(-1));
+        assert_eq!(parse_int(b"10"), Some(10));
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            "007",
+            "-0",
+            "+5",
+            " 5",
+            "5 ",
+            "",
+            "-",
+            "1e3",
+            "9223372036854775808",
+        ] {
+            assert_eq!(parse_int(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_window_bounds_redis_would_refuse() {
+        for bad in ["007", "-0", "+5", " 5"] {
+            assert_eq!(
+                parse(&["k", "u", "1", "WINDOW", bad, "9"]),
+                Err(CouponError::InvalidWindowBound),
                 "{bad:?}"
             );
         }

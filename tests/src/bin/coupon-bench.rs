@@ -3,9 +3,10 @@
 //! the persister against a raw multi-row INSERT. See BENCHMARKS.md.
 
 use clap::Parser;
+use coupon_layout::holders_in;
 use coupon_sdk::{Backend, Coupons, Outcome};
 use coupon_tests::load::{drive, scramble, LoadReport};
-use coupon_tests::{query_rows, Flavor, MariaDb, Persister, Server};
+use coupon_tests::{events_key, query_rows, Flavor, MariaDb, Persister, Server};
 use redis::aio::MultiplexedConnection;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -242,11 +243,7 @@ impl Bench {
         let user = "user-__rand_int__";
         let module_key = format!("bench:{}:module:{tag}", self.run);
         let sdk = format!("bench:{}:sdk:{tag}", self.run);
-        let (sdk_holders, sdk_meta, sdk_events) = (
-            format!("{{{sdk}}}:holders"),
-            format!("{{{sdk}}}:meta"),
-            format!("{{{sdk}}}:events"),
-        );
+        let sdk_events = String::from_utf8_lossy(&events_key(sdk.as_bytes())).into_owned();
         let seeds = format!("{{bench:{}:seeds:{tag}}}", self.run);
         let (seeds_set, seeds_queue) = (format!("{seeds}:set"), format!("{seeds}:queue"));
         let plain_key = format!("bench:{}:plain", self.run);
@@ -260,12 +257,10 @@ impl Bench {
                 load.run(&[
                     "EVALSHA",
                     &self.sdk_sha,
-                    "3",
-                    &sdk_holders,
-                    &sdk_meta,
+                    "2",
+                    &sdk,
                     &sdk_events,
                     "issue",
-                    &sdk,
                     user,
                     limit,
                 ]),
@@ -330,19 +325,19 @@ impl Bench {
         )
         .await;
         let mut conn = self.connections[0].clone();
-        let prefix = format!("{{{coupon}}}");
+        let events = events_key(coupon.as_bytes());
         let _: i64 = redis::cmd("XTRIM")
-            .arg(format!("{prefix}:events"))
+            .arg(&events)
             .arg("MAXLEN")
             .arg(0)
             .query_async(&mut conn)
             .await
             .unwrap_or(0);
         let mut bytes = 0i64;
-        for suffix in ["holders", "meta", "events"] {
+        for key in [coupon.as_bytes(), &events] {
             let usage: Option<i64> = redis::cmd("MEMORY")
                 .arg("USAGE")
-                .arg(format!("{prefix}:{suffix}"))
+                .arg(key)
                 .arg("SAMPLES")
                 .arg(0)
                 .query_async(&mut conn)
@@ -350,11 +345,12 @@ impl Bench {
                 .unwrap_or(None);
             bytes += usage.unwrap_or(0);
         }
-        let holders: i64 = redis::cmd("HLEN")
-            .arg(format!("{prefix}:holders"))
+        let fields: u64 = redis::cmd("HLEN")
+            .arg(&coupon)
             .query_async(&mut conn)
             .await
             .unwrap_or(1);
+        let holders = holders_in(fields) as i64;
         let tally = tally.lock().map(|t| t.clone()).unwrap_or_default();
         (report, tally, bytes as f64 / holders.max(1) as f64)
     }
@@ -462,7 +458,7 @@ fn persister_vs_insert(
         url,
         &database_url,
         &[
-            ("stream-pattern", &format!("{{{run}:*}}:events")),
+            ("stream-pattern", &format!("{run}:*:events*")),
             ("trim-interval-ms", "1000"),
         ],
     );

@@ -40,24 +40,24 @@ end
 if op == 'issue' then
   local held = redis.call('HGET', coupon, user)
   if held then
-    return {{ok = 'DUPLICATE'}, tonumber(held), holders()}
+    return {'DUPLICATE', tonumber(held), holders()}
   end
   if ARGV[4] then
     -- Unix ms are exact in a Lua number (below 2^53).
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     if now < tonumber(ARGV[4]) then
-      return {{ok = 'NOT_STARTED'}, false, holders()}
+      return {'NOT_STARTED', false, holders()}
     end
     if now >= tonumber(ARGV[5]) then
-      return {{ok = 'ENDED'}, false, holders()}
+      return {'ENDED', false, holders()}
     end
   end
   local count = holders()
   -- The limit arrives as a decimal up to 2^63-1; more than 15 digits is never reached.
   local limit = ARGV[3]
   if #limit <= 15 and count >= tonumber(limit) then
-    return {{ok = 'SOLD_OUT'}, false, count}
+    return {'SOLD_OUT', false, count}
   end
   local refused = refusal()
   if refused then
@@ -70,7 +70,7 @@ if op == 'issue' then
   local seq = string.format('%d', (tonumber(last) or 0) + 1)
   redis.call('XADD', events, '*', OP, ISSUE, USER, user, SEQ, seq)
   redis.call('HSET', coupon, user, seq, LAST_SEQ, seq)
-  return {{ok = 'ISSUED'}, tonumber(seq), count + 1}
+  return {'ISSUED', tonumber(seq), count + 1}
 elseif op == 'revoke' then
   local seq = redis.call('HGET', coupon, user)
   if not seq then

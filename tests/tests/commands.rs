@@ -302,7 +302,7 @@ fn info_is_a_map_under_resp3(flavor: Flavor) {
     assert_eq!(
         nil,
         Value::Array(vec![
-            Value::SimpleString("SOLD_OUT".into()),
+            Value::BulkString(b"SOLD_OUT".to_vec()),
             Value::Nil,
             Value::Int(1)
         ])

@@ -41,6 +41,7 @@ pub fn api_is_complete() -> Result<(), &'static str> {
         RedisModule_HashSet,
         RedisModule_StreamAdd,
         RedisModule_GetContextFlags,
+        RedisModule_KeyExists,
         RedisModule_Call,
         RedisModule_SubscribeToServerEvent,
         RedisModule_InfoAddFieldCString,
@@ -211,6 +212,11 @@ impl Drop for OpenKey {
             unsafe { api!(RedisModule_CloseKey)(self.ptr) }
         }
     }
+}
+
+/// Whether a key exists, without opening it or touching its access time.
+pub fn key_exists(ctx: Ctx, name: RawString) -> bool {
+    unsafe { api!(RedisModule_KeyExists)(ctx, name) != 0 }
 }
 
 /// `REDISMODULE_CTX_FLAGS_*` of the call being served (cluster mode, out of memory…).

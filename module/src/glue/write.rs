@@ -8,7 +8,9 @@
 
 use super::cluster::slot_is_moving;
 use super::eviction;
-use super::ffi::{api, context_flags, notify, Ctx, KeyKind, Mode, OpenKey, OwnedString, RawString};
+use super::ffi::{
+    api, context_flags, key_exists, notify, Ctx, KeyKind, Mode, OpenKey, OwnedString, RawString,
+};
 use super::store::open_checked;
 use super::words::{words, Words};
 use crate::rules::{guard_write, Change, CouponError, Presence, WriteConditions};
@@ -33,8 +35,7 @@ pub struct Target<'a> {
 pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, CouponError> {
     let words = words()?;
     let events_name = OwnedString::new(ctx, &target.key.events_key());
-    let events_exist = open_checked(ctx, events_name.as_ptr(), Mode::Read, KeyKind::Stream)?.kind()
-        != KeyKind::Empty;
+    let events_exist = key_exists(ctx, events_name.as_ptr());
     let eviction = eviction::current();
     let conditions = WriteConditions {
         out_of_memory: context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_OOM != 0,
@@ -48,8 +49,8 @@ pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, 
         slot_is_moving(ctx, target.key.as_bytes())
     })?;
 
+    let events = open_checked(ctx, events_name.as_ptr(), Mode::Write, KeyKind::Stream)?;
     let coupon = OpenKey::open(ctx, target.coupon, Mode::Write);
-    let events = OpenKey::open(ctx, events_name.as_ptr(), Mode::Write);
     let (op, seq) = match *change {
         Change::Grant { seq, .. } => (Op::Issue, seq),
         Change::Return { seq, .. } => (Op::Revoke, seq),
@@ -78,8 +79,8 @@ pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, 
 
     match change {
         Change::Grant { .. } => {
-            coupon.hash_set(target.user, seq_text.as_ptr());
-            coupon.hash_set(words.last_seq.as_ptr(), seq_text.as_ptr());
+            let seq = seq_text.as_ptr();
+            coupon.hash_set_pair([target.user, seq], [words.last_seq.as_ptr(), seq]);
             notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hset", target.coupon);
             replicate_grant(ctx, target, words, seq_text.as_ptr());
         }
@@ -95,15 +96,8 @@ pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, 
 
 /// The writes of the low-level key API, usable from this file only.
 impl OpenKey {
-    fn hash_set(&self, field: RawString, value: RawString) {
-        self.hash_set_raw(field, value);
-    }
-
-    fn hash_del(&self, field: RawString) {
-        self.hash_set_raw(field, raw::REDISMODULE_HASH_DELETE as RawString);
-    }
-
-    fn hash_set_raw(&self, field: RawString, value: RawString) {
+    /// Sets two fields in one call, as one `HSET` would.
+    fn hash_set_pair(&self, [field, value]: [RawString; 2], [other, other_value]: [RawString; 2]) {
         if self.ptr.is_null() {
             return;
         }
@@ -113,6 +107,24 @@ impl OpenKey {
                 raw::REDISMODULE_HASH_NONE as c_int,
                 field,
                 value,
+                other,
+                other_value,
+                ptr::null::<u8>(),
+            );
+        }
+    }
+
+    fn hash_del(&self, field: RawString) {
+        if self.ptr.is_null() {
+            return;
+        }
+        let delete = raw::REDISMODULE_HASH_DELETE as RawString;
+        unsafe {
+            api!(RedisModule_HashSet)(
+                self.ptr,
+                raw::REDISMODULE_HASH_NONE as c_int,
+                field,
+                delete,
                 ptr::null::<u8>(),
             );
         }

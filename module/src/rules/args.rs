@@ -90,16 +90,30 @@ pub fn parse_user(user: &[u8]) -> Result<&[u8], CouponError> {
 /// A signed 64-bit decimal exactly as Redis' own integer arguments take it (`string2ll`):
 /// optional '-', no leading zeros, no '+', no spaces, and no "-0".
 pub fn parse_int(raw: &[u8]) -> Option<i64> {
-    let digits = raw.strip_prefix(b"-").unwrap_or(raw);
-    let canonical = match digits {
-        [b'0'] => raw.len() == 1,
-        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
-        _ => false,
+    let (negative, digits) = match raw.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, raw),
     };
-    if !canonical {
-        return None;
+    match digits {
+        [b'0'] if !negative => return Some(0),
+        [b'1'..=b'9', ..] => {}
+        _ => return None,
     }
-    std::str::from_utf8(raw).ok()?.parse().ok()
+    // Accumulated negative, so i64::MIN parses too.
+    let mut value: i64 = 0;
+    for digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value
+            .checked_mul(10)?
+            .checked_sub(i64::from(digit - b'0'))?;
+    }
+    if negative {
+        Some(value)
+    } else {
+        value.checked_neg()
+    }
 }
 
 #[cfg(test)]

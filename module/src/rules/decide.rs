@@ -1,7 +1,6 @@
 //! The two decisions: who gets a coupon, and who gives one back.
 
 use super::{CouponError, CouponStore, IssueArgs};
-use std::ffi::CStr;
 
 /// What `COUPON.ISSUE` answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,14 +18,14 @@ pub enum IssueOutcome {
 }
 
 impl IssueOutcome {
-    /// The status word of the reply (a C string: it goes out as a simple string).
-    pub fn status(&self) -> &'static CStr {
+    /// The status word of the reply.
+    pub fn status(&self) -> &'static str {
         match self {
-            IssueOutcome::Issued { .. } => c"ISSUED",
-            IssueOutcome::Duplicate { .. } => c"DUPLICATE",
-            IssueOutcome::SoldOut => c"SOLD_OUT",
-            IssueOutcome::NotStarted => c"NOT_STARTED",
-            IssueOutcome::Ended => c"ENDED",
+            IssueOutcome::Issued { .. } => "ISSUED",
+            IssueOutcome::Duplicate { .. } => "DUPLICATE",
+            IssueOutcome::SoldOut => "SOLD_OUT",
+            IssueOutcome::NotStarted => "NOT_STARTED",
+            IssueOutcome::Ended => "ENDED",
         }
     }
 

@@ -117,7 +117,10 @@ fn main() {
         sale.max_ms()
     );
     println!("outcomes: {outcomes:?}");
-    println!("memory per holder after the stream is trimmed: {memory:.1} bytes");
+    println!(
+        "memory per holder: {:.1} bytes with its issue event in the stream, {:.1} bytes once the persister has trimmed it",
+        memory.with_events, memory.trimmed
+    );
 
     if args.events > 0 {
         println!("\n## persister into MariaDB\n");
@@ -357,7 +360,7 @@ impl Bench {
         &self,
         attempts: u64,
         workers: usize,
-    ) -> (LoadReport, BTreeMap<String, u64>, f64) {
+    ) -> (LoadReport, BTreeMap<String, u64>, Memory) {
         let coupon = format!("bench:{}:sale", self.run);
         let (users, stock) = ((attempts / 5).max(1), (attempts / 100).max(1));
         let clients: Arc<Vec<_>> = Arc::new(
@@ -396,6 +399,13 @@ impl Bench {
         .await;
         let mut conn = self.connections[0].clone();
         let events = events_key(coupon.as_bytes());
+        let fields: u64 = redis::cmd("HLEN")
+            .arg(&coupon)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(1);
+        let holders = holders_in(fields).max(1) as f64;
+        let with_events = coupon_bytes(&mut conn, &coupon, &events).await as f64 / holders;
         let _: i64 = redis::cmd("XTRIM")
             .arg(&events)
             .arg("MAXLEN")
@@ -403,26 +413,16 @@ impl Bench {
             .query_async(&mut conn)
             .await
             .unwrap_or(0);
-        let mut bytes = 0i64;
-        for key in [coupon.as_bytes(), &events] {
-            let usage: Option<i64> = redis::cmd("MEMORY")
-                .arg("USAGE")
-                .arg(key)
-                .arg("SAMPLES")
-                .arg(0)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or(None);
-            bytes += usage.unwrap_or(0);
-        }
-        let fields: u64 = redis::cmd("HLEN")
-            .arg(&coupon)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(1);
-        let holders = holders_in(fields) as i64;
+        let trimmed = coupon_bytes(&mut conn, &coupon, &events).await as f64 / holders;
         let tally = tally.lock().map(|t| t.clone()).unwrap_or_default();
-        (report, tally, bytes as f64 / holders.max(1) as f64)
+        (
+            report,
+            tally,
+            Memory {
+                with_events,
+                trimmed,
+            },
+        )
     }
 }
 
@@ -496,6 +496,28 @@ impl Clicks {
             keyspace: holders,
         }
     }
+}
+
+/// Bytes per holder of a coupon (`MEMORY USAGE` of its hash and its stream).
+struct Memory {
+    with_events: f64,
+    trimmed: f64,
+}
+
+async fn coupon_bytes(conn: &mut MultiplexedConnection, coupon: &str, events: &[u8]) -> i64 {
+    let mut bytes = 0;
+    for key in [coupon.as_bytes(), events] {
+        let usage: Option<i64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(conn)
+            .await
+            .unwrap_or(None);
+        bytes += usage.unwrap_or(0);
+    }
+    bytes
 }
 
 /// One command measured by `redis-benchmark` (C, one thread, far cheaper per request than any

@@ -68,12 +68,12 @@ fn refresh(ctx: Ctx) {
     };
     let maxmemory = config("maxmemory").and_then(|bytes| bytes.parse::<u64>().ok());
     let (Some(name), Some(maxmemory)) = (config("maxmemory-policy"), maxmemory) else {
-        context.log_warning("coupon: could not read maxmemory-policy and maxmemory");
+        context.log_warning("could not read maxmemory-policy and maxmemory");
         return;
     };
     let eviction = Eviction::of(&name, maxmemory);
     if let Some(warning) = eviction.warning() {
-        context.log_warning(&format!("coupon: {warning}"));
+        context.log_warning(&warning);
     }
     AT_RISK.store(eviction != Eviction::Never, Ordering::Relaxed);
     if let Ok(mut slot) = POLICY.lock() {

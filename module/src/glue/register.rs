@@ -82,7 +82,7 @@ fn commands() -> [Command; 4] {
 /// The `init` hook of the module.
 pub fn on_load(ctx: &Context, _args: &[RedisString]) -> Status {
     if let Err(missing) = api_is_complete() {
-        ctx.log_warning(&format!("coupon: this server does not provide {missing}"));
+        ctx.log_warning(&format!("this server does not provide {missing}"));
         return Status::Err;
     }
     words::init();
@@ -90,7 +90,7 @@ pub fn on_load(ctx: &Context, _args: &[RedisString]) -> Status {
     for command in commands() {
         if let Err(why) = register(ctx.ctx, &command) {
             ctx.log_warning(&format!(
-                "coupon: cannot register {command:?}: {why}",
+                "cannot register {command:?}: {why}",
                 command = command.name
             ));
             return Status::Err;

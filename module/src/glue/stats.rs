@@ -65,12 +65,16 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
     let text = |value: &str| CString::new(value.replace(['\r', '\n'], " ")).unwrap_or_default();
     api!(RedisModule_InfoAddFieldCString)(
         ctx,
-        c"maxmemory_policy".as_ptr(),
+        c"eviction_maxmemory_policy".as_ptr(),
         text(&policy).as_ptr(),
     );
     let safe = if warning.is_some() { c"no" } else { c"yes" };
-    api!(RedisModule_InfoAddFieldCString)(ctx, c"safe".as_ptr(), safe.as_ptr());
+    api!(RedisModule_InfoAddFieldCString)(ctx, c"eviction_safe".as_ptr(), safe.as_ptr());
     if let Some(warning) = warning {
-        api!(RedisModule_InfoAddFieldCString)(ctx, c"warning".as_ptr(), text(&warning).as_ptr());
+        api!(RedisModule_InfoAddFieldCString)(
+            ctx,
+            c"eviction_warning".as_ptr(),
+            text(&warning).as_ptr(),
+        );
     }
 }

@@ -46,6 +46,14 @@ fn refused<T: std::fmt::Debug>(
     );
 }
 
+fn used_memory(conn: &mut Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|bytes| bytes.trim().parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
 /// Fills memory with junk until a write of ~1 KiB is refused at `maxmemory`.
 fn fill_until_out_of_memory(conn: &mut Connection) {
     let junk = "x".repeat(1024);
@@ -65,12 +73,7 @@ fn at_maxmemory_reads_answer_and_writes_get_oom(flavor: Flavor) {
     let server = Server::start(flavor);
     let mut conn = server.connect();
     assert_eq!(issue(&mut conn, "sale", "alice", 1).unwrap().0, "ISSUED");
-    let used: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
-    let used: u64 = used
-        .lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
-        .and_then(|bytes| bytes.trim().parse().ok())
-        .expect("used_memory");
+    let used = used_memory(&mut conn);
     config_set(&mut conn, "maxmemory-policy", "noeviction");
     config_set(&mut conn, "maxmemory", &(used + 2_000_000).to_string());
     fill_until_out_of_memory(&mut conn);
@@ -171,12 +174,7 @@ fn eviction_never_reissues_a_seq(flavor: Flavor) {
             issue(&mut conn, coupon, &format!("u{user}"), 3).unwrap();
         }
     }
-    let used: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
-    let used: u64 = used
-        .lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
-        .and_then(|bytes| bytes.trim().parse().ok())
-        .expect("used_memory");
+    let used = used_memory(&mut conn);
     config_set(&mut conn, "maxmemory-policy", "allkeys-random");
     config_set(&mut conn, "maxmemory", &(used + 1_000_000).to_string());
     let junk = "x".repeat(1024);

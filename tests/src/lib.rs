@@ -10,7 +10,7 @@ mod server;
 mod workload;
 
 pub use build::{module_path, persister_path};
-pub use cluster::Cluster;
+pub use cluster::{key_in_slot, Cluster};
 pub use mariadb::MariaDb;
 pub use persister::{
     assert_persisted, assert_redis_matches, db_rows, differences, event_streams, events_key,

@@ -60,11 +60,7 @@ fn check_prerequisites(need_redis: bool) -> Result<(), String> {
     if !need_redis || !script.exists() {
         return Ok(());
     }
-    match Command::new("sh")
-        .arg(&script)
-        .args(["check", "quickstart"])
-        .output()
-    {
+    match Command::new(&script).args(["check", "quickstart"]).output() {
         Ok(out) if !out.status.success() => {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }

@@ -31,6 +31,7 @@
 //! ```
 
 use crate::Error;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use testcontainers::bollard::Docker;
@@ -111,7 +112,7 @@ impl Image for CouponRedis {
 /// A MySQL 8 (or MariaDB) server with the schema [`DATABASE_NAME`] and root's password
 /// [`DATABASE_PASSWORD`], through the official images' `MYSQL_*` variables, which the
 /// MariaDB image honours too. Ready when the real server (not the one initialising the data
-/// directory, which listens on no port) says it listens on 3306.
+/// directory, which logs "port: 0") says it listens on 3306.
 #[derive(Debug, Clone)]
 pub struct Database {
     name: String,
@@ -155,7 +156,8 @@ impl Image for Database {
     }
 
     fn ready_conditions(&self) -> Vec<WaitFor> {
-        vec![WaitFor::message_on_either_std("port: 3306")]
+        // The space: MySQL also logs its X plugin's "port: 33060".
+        vec![WaitFor::message_on_either_std("port: 3306 ")]
     }
 
     fn env_vars(
@@ -335,6 +337,11 @@ pub async fn skip_without_docker(test: &str) -> bool {
         !ci,
         "{test}: no Docker daemon answers (DOCKER_HOST or /var/run/docker.sock), and CI needs it"
     );
-    eprintln!("{test}: skipped, no Docker daemon answers (DOCKER_HOST or /var/run/docker.sock)");
+    // Written to the handle, not through eprintln!, which the test harness captures: a skip
+    // must show.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped, no Docker daemon answers (DOCKER_HOST or /var/run/docker.sock)"
+    );
     true
 }

@@ -40,4 +40,4 @@ pub use persister::{
     DbRow, Ledger, Load, Persister, TestDb,
 };
 pub use server::{Flavor, Server, ServerBuilder};
-pub use stack::{coupons, Backend, Error, Stack, StackBuilder};
+pub use stack::{coupons, persisted_differences, Backend, Client, Error, Stack, StackBuilder};

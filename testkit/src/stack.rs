@@ -144,17 +144,22 @@ pub struct Stack {
     _running: Running,
 }
 
-/// Fields drop in order: the persister stops before what it talks to.
+/// What a [`Stack`] keeps alive.
 enum Running {
     Local {
-        _persister: Option<Persister>,
-        _database: Option<MariaDb>,
-        _server: Server,
+        _servers: Box<LocalServers>,
     },
     #[cfg(feature = "containers")]
     Containers {
         _running: Box<crate::containers::Running>,
     },
+}
+
+/// Fields drop in order: the persister stops before what it talks to.
+struct LocalServers {
+    _persister: Option<Persister>,
+    _database: Option<MariaDb>,
+    _server: Server,
 }
 
 impl Stack {
@@ -300,9 +305,11 @@ async fn start_local(with_persister: bool) -> Result<Stack, Error> {
         redis_url: server.url(),
         database_url: database.as_ref().map(MariaDb::url),
         _running: Running::Local {
-            _persister: persister,
-            _database: database,
-            _server: server,
+            _servers: Box::new(LocalServers {
+                _persister: persister,
+                _database: database,
+                _server: server,
+            }),
         },
     })
 }

@@ -626,7 +626,7 @@ mod tests {
 
     fn event(op: Op, user: &str, seq: i64, id_ms: u64) -> Event {
         Event {
-            stream: Arc::from(&b"{c}:events"[..]),
+            stream: Arc::from(&b"c:events{c}"[..]),
             id: EntryId { ms: id_ms, seq: 0 },
             op,
             coupon: b"c".to_vec(),
@@ -694,18 +694,18 @@ mod tests {
                 (5000, b"c".to_vec(), Some(40), None),
             ]
         );
-        let checkpoint = read_checkpoint(&db, "g", b"{c}:events")
+        let checkpoint = read_checkpoint(&db, "g", b"c:events{c}")
             .await
             .expect("read");
         assert_eq!(checkpoint, Some(EntryId { ms: 40, seq: 0 }));
         // An older batch (another consumer's, or a replay) leaves it where it is.
         commit(&db, &first).await.expect("replay");
-        let checkpoint = read_checkpoint(&db, "g", b"{c}:events")
+        let checkpoint = read_checkpoint(&db, "g", b"c:events{c}")
             .await
             .expect("read");
         assert_eq!(checkpoint, Some(EntryId { ms: 40, seq: 0 }));
         assert_eq!(
-            read_checkpoint(&db, "other", b"{c}:events")
+            read_checkpoint(&db, "other", b"c:events{c}")
                 .await
                 .expect("read"),
             None

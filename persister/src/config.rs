@@ -103,11 +103,12 @@ pub struct Settings {
     )]
     pub metrics_addr: String,
 
-    /// SCAN pattern of the coupon event streams.
+    /// SCAN pattern of the coupon event streams; of the streams it matches, only those a
+    /// coupon would have (`K:events{K}`, or `K:events` for a key with a hash tag) are taken.
     #[arg(
         long,
         env = "COUPON_PERSISTER_STREAM_PATTERN",
-        default_value = "*:events",
+        default_value = "*:events*",
         global = true
     )]
     pub stream_pattern: String,

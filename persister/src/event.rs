@@ -1,6 +1,7 @@
 //! What a stream entry means: entry IDs, the raw entry as Redis hands it over, and the parsed
 //! coupon event. Parsing is pure so a malformed entry is a value, not a crash.
 
+use coupon_layout::{CouponKey, EventField};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -87,11 +88,7 @@ pub struct RawEntry {
     pub source: Source,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Issue,
-    Revoke,
-}
+pub use coupon_layout::Op;
 
 /// A parsed coupon event, ready to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,10 +96,11 @@ pub struct Event {
     pub stream: StreamKey,
     pub id: EntryId,
     pub op: Op,
-    /// The coupon's canonical name (see [`coupon_of_stream`]).
+    /// The coupon key: the stream's coupon (see [`coupon_of_stream`]).
     pub coupon: Vec<u8>,
     pub user: Vec<u8>,
     pub seq: i64,
+    /// When it happened: the entry ID's milliseconds, assigned by the server.
     pub ts_ms: i64,
 }
 
@@ -119,39 +117,18 @@ pub enum Malformed {
     Invalid(&'static str, String),
 }
 
-/// The coupon a stream belongs to, in one spelling per coupon: `{sale}:events` → `sale`
-/// (the same coupon whether clients said `sale` or `{sale}`), `shop{7}:sale:events` →
-/// `shop{7}:sale`.
+/// The coupon key whose event stream `stream` is (`sale:events{sale}` → `sale`,
+/// `shop{7}:sale:events` → `shop{7}:sale`), or `None` for a stream no coupon would have.
 pub fn coupon_of_stream(stream: &[u8]) -> Option<Vec<u8>> {
-    let prefix = stream.strip_suffix(b":events")?;
-    if prefix.is_empty() {
-        return None;
-    }
-    if let Some(inner) = prefix
-        .strip_prefix(b"{")
-        .and_then(|rest| rest.strip_suffix(b"}"))
-    {
-        if !inner.is_empty() && !inner.iter().any(|b| *b == b'{' || *b == b'}') {
-            return Some(inner.to_vec());
-        }
-    }
-    Some(prefix.to_vec())
+    CouponKey::of_events_key(stream).map(|coupon| coupon.as_bytes().to_vec())
 }
 
-fn field<'a>(fields: &'a [(Vec<u8>, Vec<u8>)], name: &'static str) -> Result<&'a [u8], Malformed> {
+fn field(fields: &[(Vec<u8>, Vec<u8>)], name: EventField) -> Result<&[u8], Malformed> {
     fields
         .iter()
-        .find(|(key, _)| key.as_slice() == name.as_bytes())
+        .find(|(key, _)| key.as_slice() == name.name().as_bytes())
         .map(|(_, value)| value.as_slice())
-        .ok_or(Malformed::Missing(name))
-}
-
-fn integer(fields: &[(Vec<u8>, Vec<u8>)], name: &'static str) -> Result<i64, Malformed> {
-    let raw = field(fields, name)?;
-    std::str::from_utf8(raw)
-        .ok()
-        .and_then(|text| text.parse::<i64>().ok())
-        .ok_or_else(|| Malformed::Invalid(name, format!("{:?}", String::from_utf8_lossy(raw))))
+        .ok_or(Malformed::Missing(name.name()))
 }
 
 impl RawEntry {
@@ -167,29 +144,29 @@ impl RawEntry {
                 format!("{} bytes, at most {MAX_KEY_BYTES}", coupon.len()),
             ));
         }
-        let op = match field(fields, "op")? {
-            b"issue" => Op::Issue,
-            b"revoke" => Op::Revoke,
-            other => {
-                return Err(Malformed::Invalid(
-                    "op",
-                    format!("{:?}", String::from_utf8_lossy(other)),
-                ))
-            }
-        };
-        field(fields, "coupon")?;
-        let user = field(fields, "user")?;
+        let op_word = field(fields, EventField::Op)?;
+        let op = Op::from_word(op_word).ok_or_else(|| {
+            Malformed::Invalid("op", format!("{:?}", String::from_utf8_lossy(op_word)))
+        })?;
+        let user = field(fields, EventField::User)?;
         if user.is_empty() || user.len() > MAX_KEY_BYTES {
             return Err(Malformed::Invalid(
                 "user",
                 format!("{} bytes, expected 1 to {MAX_KEY_BYTES}", user.len()),
             ));
         }
-        let seq = integer(fields, "seq")?;
+        let raw_seq = field(fields, EventField::Seq)?;
+        let seq = std::str::from_utf8(raw_seq)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok())
+            .ok_or_else(|| {
+                Malformed::Invalid("seq", format!("{:?}", String::from_utf8_lossy(raw_seq)))
+            })?;
         if seq < 1 {
             return Err(Malformed::Invalid("seq", format!("{seq} is not positive")));
         }
-        let ts_ms = integer(fields, "ts")?;
+        let ts_ms = i64::try_from(self.id.ms)
+            .map_err(|_| Malformed::Invalid("id", format!("{} is past i64", self.id)))?;
         Ok(Event {
             stream: self.stream.clone(),
             id: self.id,
@@ -232,9 +209,9 @@ mod tests {
     }
 
     #[test]
-    fn coupon_names_are_canonical() {
+    fn streams_name_their_coupon() {
         assert_eq!(
-            coupon_of_stream(b"{sale}:events").as_deref(),
+            coupon_of_stream(b"sale:events{sale}").as_deref(),
             Some(&b"sale"[..])
         );
         assert_eq!(
@@ -242,23 +219,22 @@ mod tests {
             Some(&b"shop{7}:sale"[..])
         );
         assert_eq!(
-            coupon_of_stream(b"{a}b:events").as_deref(),
-            Some(&b"{a}b"[..])
+            coupon_of_stream(b"{sale}:events").as_deref(),
+            Some(&b"{sale}"[..])
         );
-        assert_eq!(coupon_of_stream(b"{sale}:holders"), None);
+        assert_eq!(coupon_of_stream(b"app:events"), None);
         assert_eq!(coupon_of_stream(b":events"), None);
     }
 
     #[test]
     fn parses_issue_and_revoke() {
-        let fields = [
-            ("op", "revoke"),
-            ("coupon", "sale"),
-            ("user", "bob"),
-            ("seq", "7"),
-            ("ts", "1700000000000"),
-        ];
-        let event = entry("{sale}:events", &fields).parse().expect("valid");
+        let fields = [("op", "revoke"), ("user", "bob"), ("seq", "7")];
+        let mut raw = entry("sale:events{sale}", &fields);
+        raw.id = EntryId {
+            ms: 1_700_000_000_000,
+            seq: 3,
+        };
+        let event = raw.parse().expect("valid");
         assert_eq!(event.op, Op::Revoke);
         assert_eq!(event.coupon, b"sale");
         assert_eq!(event.user, b"bob");
@@ -267,31 +243,27 @@ mod tests {
 
     #[test]
     fn rejects_malformed_entries() {
-        let good = [
-            ("op", "issue"),
-            ("coupon", "sale"),
-            ("user", "bob"),
-            ("seq", "7"),
-            ("ts", "1"),
-        ];
-        for (index, replacement) in [(0, "grant"), (3, "x"), (3, "0"), (4, "")] {
+        let good = [("op", "issue"), ("user", "bob"), ("seq", "7")];
+        let stream = "sale:events{sale}";
+        for (index, replacement) in [(0, "grant"), (2, "x"), (2, "0"), (1, "")] {
             let mut fields = good;
             fields[index].1 = replacement;
-            assert!(
-                entry("{sale}:events", &fields).parse().is_err(),
-                "{fields:?}"
-            );
+            assert!(entry(stream, &fields).parse().is_err(), "{fields:?}");
         }
         assert_eq!(
-            entry("{sale}:events", &good[1..]).parse(),
+            entry(stream, &good[1..]).parse(),
             Err(Malformed::Missing("op"))
         );
-        let mut gone = entry("{sale}:events", &good);
+        assert!(matches!(
+            entry("app:events", &good).parse(),
+            Err(Malformed::NotAnEventStream(_))
+        ));
+        let mut gone = entry(stream, &good);
         gone.fields = None;
         assert_eq!(gone.parse(), Err(Malformed::PayloadGone));
         let long = "u".repeat(MAX_KEY_BYTES + 1);
         let mut fields = good;
-        fields[2].1 = &long;
-        assert!(entry("{sale}:events", &fields).parse().is_err());
+        fields[1].1 = &long;
+        assert!(entry(stream, &fields).parse().is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! out entries in this order: this consumer's own pending entries (left by a previous run),
 //! entries other consumers left idle too long (`XAUTOCLAIM`), then new ones.
 
-use crate::event::{EntryId, RawEntry, Source, StreamKey};
+use crate::event::{coupon_of_stream, EntryId, RawEntry, Source, StreamKey};
 use crate::reply::{self, BadReply};
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -114,7 +114,8 @@ impl Reader {
             };
             for key in reply::items(keys)? {
                 let stream: StreamKey = Arc::from(reply::bytes(key)?);
-                if self.known.contains(&stream) {
+                // A stream no coupon would have belongs to someone else: never join it.
+                if self.known.contains(&stream) || coupon_of_stream(&stream).is_none() {
                     continue;
                 }
                 self.join(&stream).await?;

@@ -1,6 +1,6 @@
 //! The two ways to run the rules: the module's commands, or the Lua script over the same keys.
 
-use crate::keys::CouponKeys;
+use crate::keys::coupon_key;
 use crate::Error;
 use redis::{Cmd, Script};
 use serde::{Deserialize, Serialize};
@@ -54,11 +54,7 @@ impl Dialect for Backend {
                 })
             }
             Backend::Script => script_call(args.coupon, |command| {
-                command
-                    .arg("issue")
-                    .arg(args.coupon)
-                    .arg(args.user)
-                    .arg(args.limit);
+                command.arg("issue").arg(args.user).arg(args.limit);
                 if let Some((start, end)) = args.window {
                     command.arg(start).arg(end);
                 }
@@ -77,24 +73,19 @@ impl Dialect for Backend {
                 })
             }
             Backend::Script => script_call(coupon, |command| {
-                command.arg("revoke").arg(coupon).arg(user);
+                command.arg("revoke").arg(user);
             }),
         }
     }
 }
 
-/// `EVALSHA sha 3 holders meta events <argv>`, with `EVAL <source> …` as the fallback.
-/// Only the script names the sibling keys; the module derives them itself.
+/// `EVALSHA sha 2 <coupon> <events> <argv>`, with `EVAL <source> …` as the fallback.
+/// Only the script names the event stream; the module derives it itself.
 fn script_call(coupon: &[u8], argv: impl Fn(&mut Cmd)) -> Result<Call, Error> {
-    let keys = CouponKeys::of(coupon)?;
+    let events = coupon_key(coupon)?.events_key();
     let build = |verb: &str, body: &str| {
         let mut command = redis::cmd(verb);
-        command
-            .arg(body)
-            .arg(3)
-            .arg(&keys.holders)
-            .arg(&keys.meta)
-            .arg(&keys.events);
+        command.arg(body).arg(2).arg(coupon).arg(&events);
         argv(&mut command);
         command
     };
@@ -102,4 +93,41 @@ fn script_call(coupon: &[u8], argv: impl Fn(&mut Cmd)) -> Result<Call, Error> {
         command: build("EVALSHA", SCRIPT.get_hash()),
         on_noscript: Some(build("EVAL", crate::SCRIPT_SOURCE)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use coupon_layout::{EventField, Op, LAST_SEQ_FIELD};
+
+    /// The script spells the layout's names in one line; they must be the layout's.
+    #[test]
+    fn the_script_uses_the_layouts_names() {
+        let quoted = |text: &[u8]| format!("'{}'", String::from_utf8_lossy(text));
+        let expected = format!(
+            "local LAST_SEQ, OP, USER, SEQ, ISSUE, REVOKE = {}, {}, {}, {}, {}, {}",
+            quoted(LAST_SEQ_FIELD),
+            quoted(EventField::Op.name().as_bytes()),
+            quoted(EventField::User.name().as_bytes()),
+            quoted(EventField::Seq.name().as_bytes()),
+            quoted(Op::Issue.word().as_bytes()),
+            quoted(Op::Revoke.word().as_bytes()),
+        );
+        let names = crate::SCRIPT_SOURCE
+            .lines()
+            .find(|line| line.starts_with("local LAST_SEQ,"))
+            .expect("the script names the layout in one line");
+        assert_eq!(names, expected);
+        let fields: Vec<_> = coupon_layout::EVENT_FIELDS
+            .iter()
+            .map(|f| f.name())
+            .collect();
+        assert_eq!(
+            fields,
+            ["op", "user", "seq"],
+            "the script writes fields in this order"
+        );
+        assert!(
+            crate::SCRIPT_SOURCE.contains("'XADD', events, '*', OP, ISSUE, USER, user, SEQ, seq")
+        );
+    }
 }

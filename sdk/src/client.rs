@@ -1,8 +1,9 @@
 //! [`Coupons`]: the client services call.
 
 use crate::backend::{Backend, Call, Dialect, IssueArgs};
-use crate::keys::{needs_wrapping, CouponKeys};
+use crate::keys::{coupon_key, CouponKeys};
 use crate::{CouponInfo, Error, Outcome, Result, Window};
+use coupon_layout::{holders_in, revoked_of, LAST_SEQ_FIELD};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, Value};
 use std::time::Duration;
@@ -137,7 +138,7 @@ where
                 "limit must be at most 9223372036854775807",
             ));
         }
-        needs_wrapping(coupon)?;
+        coupon_key(coupon)?;
         let args = IssueArgs {
             coupon,
             user,
@@ -161,7 +162,7 @@ where
     /// is never reused), `false` if they did not (nothing changes).
     pub async fn revoke(&self, coupon: impl AsRef<[u8]>, user: impl AsRef<[u8]>) -> Result<bool> {
         let (coupon, user) = (coupon.as_ref(), non_empty(user.as_ref())?);
-        needs_wrapping(coupon)?;
+        coupon_key(coupon)?;
         let revoked: i64 = self.send(self.backend.revoke(coupon, user)?).await?;
         Ok(revoked == 1)
     }
@@ -173,10 +174,10 @@ where
         user: impl AsRef<[u8]>,
     ) -> Result<Option<u64>> {
         let (coupon, user) = (coupon.as_ref(), non_empty(user.as_ref())?);
-        let keys = CouponKeys::of(coupon)?;
+        coupon_key(coupon)?;
         // Plain data: the same read serves both backends.
         let mut command = redis::cmd("HGET");
-        command.arg(&keys.holders).arg(user);
+        command.arg(coupon).arg(user);
         self.query(&command).await
     }
 
@@ -184,20 +185,18 @@ where
     pub async fn info(&self, coupon: impl AsRef<[u8]>) -> Result<CouponInfo> {
         let keys = CouponKeys::of(coupon.as_ref())?;
         let mut pipe = redis::pipe();
-        pipe.cmd("HLEN").arg(&keys.holders);
-        pipe.cmd("HMGET")
-            .arg(&keys.meta)
-            .arg("revoked")
-            .arg("last_seq");
+        pipe.cmd("HLEN").arg(&keys.coupon);
+        pipe.cmd("HGET").arg(&keys.coupon).arg(LAST_SEQ_FIELD);
         pipe.cmd("XLEN").arg(&keys.events);
         let mut connection = self.connection.clone();
         let query = pipe.query_async(&mut connection);
-        let (issued, (revoked, last_seq), events): (u64, (Option<u64>, Option<u64>), u64) =
+        let (fields, last_seq, events): (u64, Option<u64>, u64) =
             self.within_timeout(query).await?;
+        let (issued, last_seq) = (holders_in(fields), last_seq.unwrap_or(0));
         Ok(CouponInfo {
             issued,
-            revoked: revoked.unwrap_or(0),
-            last_seq: last_seq.unwrap_or(0),
+            revoked: revoked_of(last_seq, issued),
+            last_seq,
             events,
         })
     }

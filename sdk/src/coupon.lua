@@ -1,65 +1,87 @@
 -- COUPON.* for Redis servers that cannot load the module: the same rules over the same keys,
--- leaving the same data (holders, meta counters, event entries) as the module does.
+-- leaving the same data (holders, last seq, event entries) as the module does.
 --
--- KEYS: 1 = {K}:holders (hash user -> seq), 2 = {K}:meta (hash), 3 = {K}:events (stream)
--- ARGV: op ("issue" | "revoke"), coupon key, user, and for issue: limit [, start_ms, end_ms]
+-- KEYS: 1 = the coupon key (hash user -> seq; the last seq under the field ''), 2 = its events
+-- ARGV: op ('issue' | 'revoke'), user, and for issue: limit [, start_ms, end_ms]
 -- Replies match the module's: issue -> {status, seq | nil, holders}; revoke -> 1 | 0.
 
-local holders, meta, events = KEYS[1], KEYS[2], KEYS[3]
-local op, coupon, user = ARGV[1], ARGV[2], ARGV[3]
+-- The layout's names (checked against coupon_layout by the SDK's tests).
+local LAST_SEQ, OP, USER, SEQ, ISSUE, REVOKE = '', 'op', 'user', 'seq', 'issue', 'revoke'
 
--- The server's clock in unix ms, as a decimal string (no float formatting on the way).
-local function now_ms()
-  local t = redis.call('TIME')
-  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+local coupon, events = KEYS[1], KEYS[2]
+local op, user = ARGV[1], ARGV[2]
+
+-- Every field of the coupon hash but the last seq is a holder.
+local function holders()
+  local fields = redis.call('HLEN', coupon)
+  if fields > 0 then
+    return fields - 1
+  end
+  return 0
 end
 
-local function append_event(kind, seq, ts)
-  redis.call('XADD', events, '*', 'op', kind, 'coupon', coupon, 'user', user, 'seq', seq, 'ts', ts)
+-- A coupon is both keys or neither: one without the other was evicted or deleted, and a write
+-- would hand out a seq without its event or restart the seqs. (During a resharding the server
+-- itself answers -TRYAGAIN, as both keys are declared.)
+local function refusal()
+  local has_coupon = redis.call('EXISTS', coupon) == 1
+  if has_coupon == (redis.call('EXISTS', events) == 1) then
+    return nil
+  end
+  if has_coupon then
+    return redis.error_reply('ERR the coupon exists but its event stream is missing (evicted or '
+      .. 'deleted), so nothing was changed; restore the stream, or delete the coupon to start it over')
+  end
+  return redis.error_reply("ERR the coupon's event stream exists but the coupon is missing "
+    .. '(evicted or deleted), so nothing was changed; restore the coupon, or delete the stream '
+    .. 'to start it over')
 end
 
 if op == 'issue' then
-  local held = redis.call('HGET', holders, user)
+  local held = redis.call('HGET', coupon, user)
   if held then
-    return {{ok = 'DUPLICATE'}, tonumber(held), redis.call('HLEN', holders)}
+    return {'DUPLICATE', tonumber(held), holders()}
   end
-  local ts = now_ms()
-  if ARGV[5] then
-    -- 13-digit decimals compare exactly as numbers.
-    local now = tonumber(ts)
-    if now < tonumber(ARGV[5]) then
-      return {{ok = 'NOT_STARTED'}, false, redis.call('HLEN', holders)}
+  if ARGV[4] then
+    -- Unix ms are exact in a Lua number (below 2^53).
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if now < tonumber(ARGV[4]) then
+      return {'NOT_STARTED', false, holders()}
     end
-    if now >= tonumber(ARGV[6]) then
-      return {{ok = 'ENDED'}, false, redis.call('HLEN', holders)}
+    if now >= tonumber(ARGV[5]) then
+      return {'ENDED', false, holders()}
     end
   end
-  local count = redis.call('HLEN', holders)
-  -- The limit arrives as a decimal up to 2^63-1; compare as strings when it is that long.
-  local limit = ARGV[4]
-  local sold_out
-  if #limit > 15 then
-    sold_out = false
-  else
-    sold_out = count >= tonumber(limit)
+  local count = holders()
+  -- The limit arrives as a decimal up to 2^63-1; more than 15 digits is never reached.
+  local limit = ARGV[3]
+  if #limit <= 15 and count >= tonumber(limit) then
+    return {'SOLD_OUT', false, count}
   end
-  if sold_out then
-    return {{ok = 'SOLD_OUT'}, false, count}
+  local refused = refusal()
+  if refused then
+    return refused
   end
-  local seq = string.format('%d', (tonumber(redis.call('HGET', meta, 'last_seq')) or 0) + 1)
-  append_event('issue', seq, ts)
-  redis.call('HSET', holders, user, seq)
-  redis.call('HSET', meta, 'last_seq', seq)
-  return {{ok = 'ISSUED'}, tonumber(seq), count + 1}
+  local last = redis.call('HGET', coupon, LAST_SEQ)
+  if not last and redis.call('EXISTS', coupon) == 1 then
+    return redis.error_reply('ERR coupon data is corrupt: the coupon hash has no last-seq field')
+  end
+  local seq = string.format('%d', (tonumber(last) or 0) + 1)
+  redis.call('XADD', events, '*', OP, ISSUE, USER, user, SEQ, seq)
+  redis.call('HSET', coupon, user, seq, LAST_SEQ, seq)
+  return {'ISSUED', tonumber(seq), count + 1}
 elseif op == 'revoke' then
-  local seq = redis.call('HGET', holders, user)
+  local seq = redis.call('HGET', coupon, user)
   if not seq then
     return 0
   end
-  local revoked = string.format('%d', (tonumber(redis.call('HGET', meta, 'revoked')) or 0) + 1)
-  append_event('revoke', seq, now_ms())
-  redis.call('HDEL', holders, user)
-  redis.call('HSET', meta, 'revoked', revoked)
+  local refused = refusal()
+  if refused then
+    return refused
+  end
+  redis.call('XADD', events, '*', OP, REVOKE, USER, user, SEQ, seq)
+  redis.call('HDEL', coupon, user)
   return 1
 end
 return redis.error_reply('ERR unknown coupon script op')

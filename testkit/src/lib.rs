@@ -36,8 +36,8 @@ pub use build::{module_path, persister_path};
 pub use cluster::Cluster;
 pub use mariadb::MariaDb;
 pub use persister::{
-    assert_persisted, assert_redis_matches, db_rows, differences, events_key, pending, query_rows,
-    DbRow, Ledger, Load, Persister, TestDb,
+    assert_persisted, assert_redis_matches, db_rows, differences, event_streams, events_key,
+    pending, query_rows, DbRow, Ledger, Load, Persister, TestDb,
 };
 pub use server::{Flavor, Server, ServerBuilder};
 pub use stack::{coupons, persisted_differences, Backend, Client, Error, Stack, StackBuilder};

@@ -4,6 +4,7 @@
 
 use crate::server::free_port;
 use crate::{persister_path, MariaDb, Server};
+use coupon_layout::{revoked_of, CouponKey, LAST_SEQ_FIELD};
 use coupon_sdk::CouponKeys;
 use redis::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -453,55 +454,53 @@ pub fn assert_persisted(
 }
 
 /// Redis holds what the ledger says: each coupon's holders are exactly its unrevoked rows,
-/// `last_seq` is its highest seq and `revoked` its revoked count.
+/// its last seq is its highest seq, and the seqs not held are its revoked ones.
 pub fn assert_redis_matches(server: &Server, ledger: &Ledger) {
     let mut conn = server.connect();
     for coupon in ledger.coupons() {
-        let keys = coupon_keys(&coupon);
-        let holders: BTreeMap<Vec<u8>, i64> = redis::cmd("HGETALL")
-            .arg(&keys.holders)
+        let name = String::from_utf8_lossy(&coupon).into_owned();
+        let mut holders: BTreeMap<Vec<u8>, i64> = redis::cmd("HGETALL")
+            .arg(&coupon_keys(&coupon).coupon)
             .query(&mut conn)
-            .expect("HGETALL holders");
+            .expect("HGETALL of the coupon");
+        let last_seq = holders.remove(LAST_SEQ_FIELD);
         let expected: BTreeMap<Vec<u8>, i64> = ledger
             .rows
             .iter()
             .filter(|((c, _), (_, revoked))| *c == coupon && !revoked)
             .map(|((_, seq), (user, _))| (user.clone(), *seq))
             .collect();
-        assert_eq!(
-            holders,
-            expected,
-            "holders of {:?}",
-            String::from_utf8_lossy(&coupon)
-        );
-        let meta: BTreeMap<String, i64> = redis::cmd("HGETALL")
-            .arg(&keys.meta)
-            .query(&mut conn)
-            .expect("HGETALL meta");
+        assert_eq!(holders, expected, "holders of {name:?}");
         let rows = ledger.rows.keys().filter(|(c, _)| *c == coupon);
-        assert_eq!(
-            meta.get("last_seq").copied(),
-            rows.map(|(_, seq)| *seq).max(),
-            "last_seq of {:?}",
-            String::from_utf8_lossy(&coupon)
-        );
+        let highest = rows.map(|(_, seq)| *seq).max();
+        assert_eq!(last_seq, highest, "last seq of {name:?}");
         let revoked = ledger
             .rows
             .iter()
             .filter(|((c, _), (_, revoked))| *c == coupon && *revoked)
-            .count() as i64;
-        assert_eq!(meta.get("revoked").copied().unwrap_or(0), revoked);
+            .count() as u64;
+        let derived = revoked_of(last_seq.unwrap_or(0) as u64, holders.len() as u64);
+        assert_eq!(derived, revoked, "revoked of {name:?}");
     }
 }
 
-/// Entries pending in `group`, over every `*:events` stream.
-pub fn pending(server: &Server, group: &str) -> u64 {
+/// Every coupon event stream on `server`.
+pub fn event_streams(server: &Server) -> Vec<Vec<u8>> {
     let mut conn = server.connect();
     let streams: Vec<Vec<u8>> = redis::cmd("KEYS")
-        .arg("*:events")
+        .arg("*:events*")
         .query(&mut conn)
         .expect("KEYS");
     streams
+        .into_iter()
+        .filter(|stream| CouponKey::of_events_key(stream).is_some())
+        .collect()
+}
+
+/// Entries pending in `group`, over every coupon event stream.
+pub fn pending(server: &Server, group: &str) -> u64 {
+    let mut conn = server.connect();
+    event_streams(server)
         .iter()
         .map(|stream| {
             let summary: Value = redis::cmd("XPENDING")

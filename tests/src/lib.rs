@@ -7,9 +7,9 @@ pub mod load;
 mod workload;
 
 pub use coupon_testkit::{
-    assert_persisted, assert_redis_matches, db_rows, differences, events_key, module_path, pending,
-    persister_path, query_rows, Cluster, DbRow, Flavor, Ledger, Load, MariaDb, Persister, Server,
-    ServerBuilder, TestDb,
+    assert_persisted, assert_redis_matches, db_rows, differences, event_streams, events_key,
+    module_path, pending, persister_path, query_rows, Cluster, DbRow, Flavor, Ledger, Load,
+    MariaDb, Persister, Server, ServerBuilder, TestDb,
 };
 pub use workload::mixed_workload;
 

@@ -64,6 +64,35 @@ fn every_bad_input_is_rejected_with_nothing_changed(flavor: Flavor) {
             &[b"COUPON.ISSUE", b"sale", b"u", b""],
             "limit must be an integer",
         ),
+        // Exactly what Redis' own integer arguments refuse (`SET k v EX 007`).
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"007"],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"-0"],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"+5"],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b" 5"],
+            "limit must be an integer",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"01", b"9"],
+            "non-negative integers",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"-0", b"9"],
+            "non-negative integers",
+        ),
+        (
+            &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"WINDOW", b"1", b"+9"],
+            "non-negative integers",
+        ),
         (
             &[b"COUPON.ISSUE", b"sale", b"", b"5"],
             "user must not be empty",
@@ -75,6 +104,11 @@ fn every_bad_input_is_rejected_with_nothing_changed(flavor: Flavor) {
             "coupon key must not be empty",
         ),
         (&[b"COUPON.ISSUE", b"a}b", b"u", b"5"], "hash tag"),
+        (&[b"COUPON.ISSUE", b"a{b", b"u", b"5"], "hash tag"),
+        (&[b"COUPON.ISSUE", b"a{}b", b"u", b"5"], "hash tag"),
+        (&[b"COUPON.CHECK", b"a}b", b"u"], "hash tag"),
+        (&[b"COUPON.REVOKE", b"a{b", b"u"], "hash tag"),
+        (&[b"COUPON.INFO", b"}"], "hash tag"),
         (
             &[b"COUPON.ISSUE", b"sale", b"u", b"5", b"TTL", b"9"],
             "unknown option 'TTL'",
@@ -131,58 +165,73 @@ fn every_bad_input_is_rejected_with_nothing_changed(flavor: Flavor) {
 fn a_key_of_the_wrong_type_is_wrongtype(flavor: Flavor) {
     let server = Server::start(flavor);
     let mut conn = server.connect();
-    for (key, setup) in [
-        ("{a}:holders", vec!["SET", "{a}:holders", "x"]),
-        ("{b}:meta", vec!["LPUSH", "{b}:meta", "x"]),
-        ("{c}:events", vec!["SET", "{c}:events", "x"]),
-    ] {
-        let mut command = redis::cmd(setup[0]);
-        command.arg(&setup[1..]);
-        command.query::<()>(&mut conn).unwrap();
-        let coupon = &key[1..2];
-        for args in [
-            vec!["COUPON.ISSUE", coupon, "u", "5"],
-            vec!["COUPON.INFO", coupon],
-        ] {
-            rejected(
-                &mut conn,
-                &server,
-                &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(),
-                "WRONGTYPE",
-            );
-        }
-    }
-    // A corrupt holder is refused on every path that reads it.
-    redis::cmd("HSET")
-        .arg("{d}:holders")
-        .arg("u")
-        .arg("not-a-seq")
+    let as_bytes = |args: &[&'static str]| args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>();
+    // The coupon key holding something else stops every command.
+    redis::cmd("SET")
+        .arg("a")
+        .arg("x")
         .query::<()>(&mut conn)
         .unwrap();
     for args in [
-        vec!["COUPON.ISSUE", "d", "u", "5"],
-        vec!["COUPON.CHECK", "d", "u"],
-        vec!["COUPON.REVOKE", "d", "u"],
+        &["COUPON.ISSUE", "a", "u", "5"][..],
+        &["COUPON.REVOKE", "a", "u"],
+        &["COUPON.CHECK", "a", "u"],
+        &["COUPON.INFO", "a"],
     ] {
-        rejected(
-            &mut conn,
-            &server,
-            &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(),
-            "corrupt",
-        );
+        rejected(&mut conn, &server, &as_bytes(args), "WRONGTYPE");
     }
-    // The holders hash of the wrong type stops REVOKE and CHECK as well.
+    // Its event stream holding something else stops writes and INFO.
+    let _: redis::Value = redis::cmd("COUPON.ISSUE")
+        .arg("c")
+        .arg("holder")
+        .arg(5)
+        .query(&mut conn)
+        .unwrap();
+    redis::cmd("DEL")
+        .arg("c:events{c}")
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("c:events{c}")
+        .arg("x")
+        .query::<()>(&mut conn)
+        .unwrap();
     for args in [
-        vec!["COUPON.REVOKE", "a", "u"],
-        vec!["COUPON.CHECK", "a", "u"],
+        &["COUPON.ISSUE", "c", "u", "5"][..],
+        &["COUPON.REVOKE", "c", "holder"],
+        &["COUPON.INFO", "c"],
     ] {
-        rejected(
-            &mut conn,
-            &server,
-            &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>(),
-            "WRONGTYPE",
-        );
+        rejected(&mut conn, &server, &as_bytes(args), "WRONGTYPE");
     }
+    // A corrupt holder is refused on every path that reads it.
+    redis::cmd("HSET")
+        .arg("d")
+        .arg("u")
+        .arg("not-a-seq")
+        .arg("")
+        .arg("1")
+        .query::<()>(&mut conn)
+        .unwrap();
+    for args in [
+        &["COUPON.ISSUE", "d", "u", "5"][..],
+        &["COUPON.CHECK", "d", "u"],
+        &["COUPON.REVOKE", "d", "u"],
+    ] {
+        rejected(&mut conn, &server, &as_bytes(args), "corrupt");
+    }
+    // A coupon hash without its last seq would restart the seqs: refused.
+    redis::cmd("HSET")
+        .arg("e")
+        .arg("u")
+        .arg("1")
+        .query::<()>(&mut conn)
+        .unwrap();
+    rejected(
+        &mut conn,
+        &server,
+        &as_bytes(&["COUPON.ISSUE", "e", "v", "5"]),
+        "last-seq",
+    );
 }
 
 fn the_server_survives_a_storm_of_garbage(flavor: Flavor) {

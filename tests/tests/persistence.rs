@@ -63,8 +63,8 @@ fn the_aof_replays_exactly_with_and_without_the_module(flavor: Flavor) {
 
     // Issuing goes on where it stopped: seqs are never reused after a restart.
     let last_seq: String = redis::cmd("HGET")
-        .arg("{flash}:meta")
-        .arg("last_seq")
+        .arg("flash")
+        .arg("")
         .query(&mut server.connect())
         .unwrap();
     let (status, seq, _) = issue(&server, "flash", "after-restart");

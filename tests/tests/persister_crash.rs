@@ -3,8 +3,8 @@
 //! entries, Redis restarted. After each, the database equals Redis.
 
 use coupon_tests::{
-    assert_persisted, events_key, pending, query_rows, Flavor, Ledger, Load, MariaDb, Persister,
-    Server, TestDb,
+    assert_persisted, event_streams, events_key, pending, query_rows, Flavor, Ledger, Load,
+    MariaDb, Persister, Server, TestDb,
 };
 use std::time::{Duration, Instant};
 
@@ -475,12 +475,8 @@ fn two_persisters_one_killed() {
 /// Entries pending in the group `persister` in `consumer`'s name, over every stream.
 fn pending_of(server: &Server, consumer: &str) -> u64 {
     let mut conn = server.connect();
-    let streams: Vec<Vec<u8>> = redis::cmd("KEYS")
-        .arg("*:events")
-        .query(&mut conn)
-        .expect("KEYS");
     let mut total = 0;
-    for stream in streams {
+    for stream in event_streams(server) {
         let summary: redis::Value = redis::cmd("XPENDING")
             .arg(&stream)
             .arg("persister")

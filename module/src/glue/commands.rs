@@ -1,26 +1,25 @@
 //! The four commands: parse, read, decide (in `rules`), write (through `write::apply`), reply.
 
 use super::boundary::Argv;
-use super::ffi::{now_ms, Ctx};
+use super::ffi::{now_ms, Ctx, KeyKind, Mode, OwnedString};
 use super::reply;
 use super::stats::{self, Stat};
-use super::store::{KeyNames, RedisStore};
+use super::store::{open_checked, RedisStore};
 use super::write::{self, Target};
-use crate::rules::{
-    decide_issue, decide_revoke, parse_user, Counter, CouponError, CouponKeys, CouponStore,
-    IssueArgs,
-};
+use crate::rules::{decide_issue, decide_revoke, parse_user, CouponError, CouponStore, IssueArgs};
+use coupon_layout::{revoked_of, CouponKey};
 
 /// `COUPON.ISSUE <key> <user> <limit> [WINDOW <start-ms> <end-ms>]`
 pub fn issue(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
     let args = argv.with_tail(IssueArgs::parse)?;
-    let names = KeyNames::new(ctx, CouponKeys::derive(args.key)?);
-    let store = RedisStore::open(ctx, &names)?;
+    let key = CouponKey::new(args.key)?;
+    let store = RedisStore::open(ctx, argv.raw(1)?)?.asking_about(args.user, argv.raw(2)?);
     let (outcome, change) = decide_issue(&store, &args, now_ms)?;
     let holders = match change {
         Some(change) => {
+            let target = target(argv, key, store.exists())?;
             drop(store);
-            write::apply(ctx, &target(argv, &names)?, &change)?
+            write::apply(ctx, &target, &change)?
         }
         None => store.holder_count()?,
     };
@@ -32,12 +31,13 @@ pub fn issue(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
 /// `COUPON.REVOKE <key> <user>`: 1 if the user gave the coupon back now, 0 if not a holder.
 pub fn revoke(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
     let user = parse_user(argv.bytes(2)?)?;
-    let names = KeyNames::new(ctx, CouponKeys::derive(argv.bytes(1)?)?);
-    let store = RedisStore::open(ctx, &names)?;
-    let revoked = match decide_revoke(&store, user, now_ms)? {
+    let key = CouponKey::new(argv.bytes(1)?)?;
+    let store = RedisStore::open(ctx, argv.raw(1)?)?.asking_about(user, argv.raw(2)?);
+    let revoked = match decide_revoke(&store, user)? {
         Some(change) => {
+            let target = target(argv, key, store.exists())?;
             drop(store);
-            write::apply(ctx, &target(argv, &names)?, &change)?;
+            write::apply(ctx, &target, &change)?;
             stats::count(Stat::Revoked);
             1
         }
@@ -50,30 +50,41 @@ pub fn revoke(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
 /// `COUPON.CHECK <key> <user>`: the user's seq, or nil.
 pub fn check(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
     let user = parse_user(argv.bytes(2)?)?;
-    let names = KeyNames::new(ctx, CouponKeys::derive(argv.bytes(1)?)?);
-    let seq = RedisStore::open(ctx, &names)?.holder_seq(user)?;
-    reply::optional_integer(ctx, seq);
+    CouponKey::new(argv.bytes(1)?)?;
+    let store = RedisStore::open(ctx, argv.raw(1)?)?.asking_about(user, argv.raw(2)?);
+    reply::optional_integer(ctx, store.holder_seq(user)?);
     Ok(())
 }
 
 /// `COUPON.INFO <key>`: holders now, revokes, the last seq and the stream's length.
 pub fn info(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
-    let names = KeyNames::new(ctx, CouponKeys::derive(argv.bytes(1)?)?);
-    let store = RedisStore::open(ctx, &names)?;
+    let key = CouponKey::new(argv.bytes(1)?)?;
+    let store = RedisStore::open(ctx, argv.raw(1)?)?;
+    let (holders, last_seq) = (store.holder_count()?, store.last_seq()?);
+    let events_name = OwnedString::new(ctx, &key.events_key());
+    let events = open_checked(ctx, events_name.as_ptr(), Mode::Read, KeyKind::Stream)?.len();
     let fields = [
-        ("issued", store.holder_count()?),
-        ("revoked", store.counter(Counter::Revoked)?),
-        ("last_seq", store.counter(Counter::LastSeq)?),
-        ("events", store.event_count()?),
+        ("issued", holders),
+        (
+            "revoked",
+            revoked_of(last_seq as u64, holders as u64) as i64,
+        ),
+        ("last_seq", last_seq),
+        ("events", events as i64),
     ];
     reply::map(ctx, &fields);
     Ok(())
 }
 
-fn target<'a>(argv: &Argv<'_>, names: &'a KeyNames<'a>) -> Result<Target<'a>, CouponError> {
+fn target<'a>(
+    argv: &Argv<'_>,
+    key: CouponKey<'a>,
+    coupon_exists: bool,
+) -> Result<Target<'a>, CouponError> {
     Ok(Target {
         coupon: argv.raw(1)?,
+        key,
+        coupon_exists,
         user: argv.raw(2)?,
-        names,
     })
 }

@@ -1,5 +1,5 @@
-//! Small safe wrappers over the raw module API: owned strings, opened keys, hash fields and
-//! stream appends. Every pointer is freed or closed on drop.
+//! Small safe wrappers over the raw module API: owned strings, opened keys and their reads.
+//! Every pointer is freed or closed on drop. Writes live in `write`, the one write path.
 
 use redis_module::raw;
 use std::ffi::CStr;
@@ -40,6 +40,11 @@ pub fn api_is_complete() -> Result<(), &'static str> {
         RedisModule_HashGet,
         RedisModule_HashSet,
         RedisModule_StreamAdd,
+        RedisModule_GetContextFlags,
+        RedisModule_KeyExists,
+        RedisModule_Call,
+        RedisModule_SubscribeToServerEvent,
+        RedisModule_InfoAddFieldCString,
         RedisModule_Replicate,
         RedisModule_NotifyKeyspaceEvent,
         RedisModule_Milliseconds,
@@ -115,7 +120,7 @@ unsafe impl Send for StaticString {}
 unsafe impl Sync for StaticString {}
 
 impl StaticString {
-    pub fn new(text: &str) -> Self {
+    pub fn new(text: &[u8]) -> Self {
         let ptr = unsafe {
             api!(RedisModule_CreateString)(ptr::null_mut(), text.as_ptr().cast(), text.len())
         };
@@ -144,7 +149,8 @@ pub enum Mode {
 /// An opened key; closed on drop. A key opened for writing marks itself modified on close
 /// (WATCH, client-side caching), so the rejecting paths open keys for reading only.
 pub struct OpenKey {
-    ptr: *mut raw::RedisModuleKey,
+    /// Written through only by `write`, the one write path.
+    pub(super) ptr: *mut raw::RedisModuleKey,
 }
 
 impl OpenKey {
@@ -177,25 +183,17 @@ impl OpenKey {
         unsafe { api!(RedisModule_ValueLength)(self.ptr) }
     }
 
-    /// A hash field's value. The caller has checked the key is a hash (or empty).
+    /// A hash field's value. The caller has checked the key is a hash (or empty); the
+    /// server answers nothing for any other type.
     pub fn hash_get(&self, ctx: Ctx, field: RawString) -> Option<OwnedString> {
-        self.hash_get_with(ctx, raw::REDISMODULE_HASH_NONE, field.cast())
-    }
-
-    /// A hash field's value, by a C-string field name.
-    pub fn hash_get_cfield(&self, ctx: Ctx, field: &CStr) -> Option<OwnedString> {
-        self.hash_get_with(ctx, raw::REDISMODULE_HASH_CFIELDS, field.as_ptr().cast())
-    }
-
-    fn hash_get_with(&self, ctx: Ctx, flags: u32, field: *const u8) -> Option<OwnedString> {
-        if self.ptr.is_null() || self.kind() != KeyKind::Hash {
+        if self.ptr.is_null() {
             return None;
         }
         let mut value: RawString = ptr::null_mut();
         let status = unsafe {
             api!(RedisModule_HashGet)(
                 self.ptr,
-                flags as c_int,
+                raw::REDISMODULE_HASH_NONE as c_int,
                 field,
                 &mut value as *mut RawString,
                 ptr::null::<u8>(),
@@ -206,56 +204,6 @@ impl OpenKey {
         }
         Some(OwnedString { ctx, ptr: value })
     }
-
-    /// Adds a hash field unless it exists; `true` if it was added.
-    pub fn hash_insert(&self, field: RawString, value: RawString) -> bool {
-        self.hash_set_with(raw::REDISMODULE_HASH_NX, field.cast(), value) == 1
-    }
-
-    /// Sets a hash field named by a C string.
-    pub fn hash_set_cfield(&self, field: &CStr, value: RawString) -> bool {
-        self.hash_set_with(raw::REDISMODULE_HASH_CFIELDS, field.as_ptr().cast(), value) == 1
-    }
-
-    /// Deletes a hash field; the key goes away with its last field, as with HDEL.
-    pub fn hash_del(&self, field: RawString) -> bool {
-        let delete = raw::REDISMODULE_HASH_DELETE as RawString;
-        self.hash_set_with(raw::REDISMODULE_HASH_NONE, field.cast(), delete) == 1
-    }
-
-    /// Counts inserted, updated and deleted fields alike (`COUNT_ALL`).
-    fn hash_set_with(&self, flags: u32, field: *const u8, value: RawString) -> c_int {
-        if self.ptr.is_null() {
-            return 0;
-        }
-        unsafe {
-            api!(RedisModule_HashSet)(
-                self.ptr,
-                (flags | raw::REDISMODULE_HASH_COUNT_ALL) as c_int,
-                field,
-                value,
-                ptr::null::<u8>(),
-            )
-        }
-    }
-
-    /// Appends an entry with a server-assigned ID; the ID, or `None` if the stream is full.
-    pub fn stream_add(&self, fields: &mut [RawString]) -> Option<raw::RedisModuleStreamID> {
-        if self.ptr.is_null() {
-            return None;
-        }
-        let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
-        let status = unsafe {
-            api!(RedisModule_StreamAdd)(
-                self.ptr,
-                raw::REDISMODULE_STREAM_ADD_AUTOID as c_int,
-                &mut id,
-                fields.as_mut_ptr(),
-                (fields.len() / 2) as i64,
-            )
-        };
-        (status == raw::REDISMODULE_OK as c_int).then_some(id)
-    }
 }
 
 impl Drop for OpenKey {
@@ -264,6 +212,16 @@ impl Drop for OpenKey {
             unsafe { api!(RedisModule_CloseKey)(self.ptr) }
         }
     }
+}
+
+/// Whether a key exists, without opening it or touching its access time.
+pub fn key_exists(ctx: Ctx, name: RawString) -> bool {
+    unsafe { api!(RedisModule_KeyExists)(ctx, name) != 0 }
+}
+
+/// `REDISMODULE_CTX_FLAGS_*` of the call being served (cluster mode, out of memory…).
+pub fn context_flags(ctx: Ctx) -> u32 {
+    unsafe { api!(RedisModule_GetContextFlags)(ctx) as u32 }
 }
 
 /// The server's clock in unix milliseconds.

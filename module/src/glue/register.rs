@@ -4,8 +4,7 @@
 use super::boundary::{serve, Handler};
 use super::commands;
 use super::ffi::{api, api_is_complete, Ctx, RawString};
-use super::stats;
-use super::write::init_event_words;
+use super::{eviction, stats, words};
 use redis_module::{raw, Context, RedisString, Status};
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
@@ -40,7 +39,9 @@ fn commands() -> [Command; 4] {
         Command {
             name: c"coupon.issue",
             callback: callback!("COUPON.ISSUE", commands::issue),
-            flags: c"write deny-oom fast",
+            // Not deny-oom: a retry or a sold-out click writes nothing and keeps answering at
+            // maxmemory; the write path refuses with -OOM itself.
+            flags: c"write fast",
             arity: -4,
             key_flags: raw::REDISMODULE_CMD_KEY_RW
                 | raw::REDISMODULE_CMD_KEY_ACCESS
@@ -81,14 +82,15 @@ fn commands() -> [Command; 4] {
 /// The `init` hook of the module.
 pub fn on_load(ctx: &Context, _args: &[RedisString]) -> Status {
     if let Err(missing) = api_is_complete() {
-        ctx.log_warning(&format!("coupon: this server does not provide {missing}"));
+        ctx.log_warning(&format!("this server does not provide {missing}"));
         return Status::Err;
     }
-    init_event_words();
+    words::init();
+    eviction::watch(ctx.ctx);
     for command in commands() {
         if let Err(why) = register(ctx.ctx, &command) {
             ctx.log_warning(&format!(
-                "coupon: cannot register {command:?}: {why}",
+                "cannot register {command:?}: {why}",
                 command = command.name
             ));
             return Status::Err;
@@ -150,10 +152,10 @@ fn register(ctx: Ctx, command: &Command) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The coupon key is argument 1; the sibling keys it names share its slot.
+/// The coupon key is argument 1: the hash of its holders. Its event stream shares its slot.
 fn coupon_key_spec(flags: u32) -> raw::RedisModuleCommandKeySpec {
     raw::RedisModuleCommandKeySpec {
-        notes: c"the coupon key; its :holders, :meta and :events siblings share its hash slot"
+        notes: c"the coupon key (a hash: user -> seq); its event stream shares its hash slot"
             .as_ptr(),
         flags: u64::from(flags),
         begin_search_type: raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX,

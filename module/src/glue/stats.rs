@@ -1,8 +1,10 @@
 //! Counters behind `INFO coupon`: what the commands answered since the server started.
 
+use super::eviction;
 use super::ffi::api;
 use crate::rules::IssueOutcome;
 use redis_module::raw;
+use std::ffi::CString;
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -45,13 +47,34 @@ impl From<&IssueOutcome> for Stat {
     }
 }
 
-/// The module's INFO section, `coupon_stats`.
+/// The module's INFO sections: `coupon_stats` (answers since start) and `coupon_eviction`
+/// (whether the server's eviction policy puts coupon data at risk, and the warning if so).
 pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
-    if api!(RedisModule_InfoAddSection)(ctx, c"stats".as_ptr()) != raw::REDISMODULE_OK as c_int {
+    let ok = raw::REDISMODULE_OK as c_int;
+    if api!(RedisModule_InfoAddSection)(ctx, c"stats".as_ptr()) != ok {
         return;
     }
     for (stat, name) in NAMES {
         let value = COUNTS[stat as usize].load(Ordering::Relaxed);
         api!(RedisModule_InfoAddFieldULongLong)(ctx, name.as_ptr(), value);
+    }
+    if api!(RedisModule_InfoAddSection)(ctx, c"eviction".as_ptr()) != ok {
+        return;
+    }
+    let (policy, warning) = eviction::describe();
+    let text = |value: &str| CString::new(value.replace(['\r', '\n'], " ")).unwrap_or_default();
+    api!(RedisModule_InfoAddFieldCString)(
+        ctx,
+        c"eviction_maxmemory_policy".as_ptr(),
+        text(&policy).as_ptr(),
+    );
+    let safe = if warning.is_some() { c"no" } else { c"yes" };
+    api!(RedisModule_InfoAddFieldCString)(ctx, c"eviction_safe".as_ptr(), safe.as_ptr());
+    if let Some(warning) = warning {
+        api!(RedisModule_InfoAddFieldCString)(
+            ctx,
+            c"eviction_warning".as_ptr(),
+            text(&warning).as_ptr(),
+        );
     }
 }

@@ -1,82 +1,53 @@
-//! [`CouponStore`] over a coupon's Redis keys, read through the low-level key API.
+//! [`CouponStore`] over the coupon key, read through the low-level key API.
 
 use super::ffi::{Ctx, KeyKind, Mode, OpenKey, OwnedString, RawString};
-use crate::rules::{parse_int, Counter, CouponError, CouponKeys, CouponStore};
-use std::cell::OnceCell;
+use super::words::words;
+use crate::rules::{parse_int, CouponError, CouponStore};
+use coupon_layout::holders_in;
 
-/// The names of one coupon's keys as Redis strings, each created on first use: the
-/// rejecting paths only ever name the holders hash.
-pub struct KeyNames<'a> {
+/// A read-only view of one coupon: its key, opened for reading (so a rejected click marks
+/// nothing modified for `WATCH` or client-side caching).
+pub struct RedisStore<'a> {
     ctx: Ctx,
-    keys: CouponKeys<'a>,
-    holders: OnceCell<OwnedString>,
-    meta: OnceCell<OwnedString>,
-    events: OnceCell<OwnedString>,
+    coupon: OpenKey,
+    /// The user the command names, as the server string it arrived in: looking them up
+    /// needs no copy.
+    asked: Option<(&'a [u8], RawString)>,
 }
 
-impl<'a> KeyNames<'a> {
-    pub fn new(ctx: Ctx, keys: CouponKeys<'a>) -> Self {
-        KeyNames {
-            ctx,
-            keys,
-            holders: OnceCell::new(),
-            meta: OnceCell::new(),
-            events: OnceCell::new(),
-        }
-    }
-
-    pub fn holders(&self) -> RawString {
-        self.name(&self.holders, CouponKeys::holders)
-    }
-
-    pub fn meta(&self) -> RawString {
-        self.name(&self.meta, CouponKeys::meta)
-    }
-
-    pub fn events(&self) -> RawString {
-        self.name(&self.events, CouponKeys::events)
-    }
-
-    fn name(
-        &self,
-        cell: &OnceCell<OwnedString>,
-        derive: fn(&CouponKeys<'a>) -> Vec<u8>,
-    ) -> RawString {
-        cell.get_or_init(|| OwnedString::new(self.ctx, &derive(&self.keys)))
-            .as_ptr()
-    }
-}
-
-/// A read-only view of one coupon. Holds the holders hash open; the meta hash is opened
-/// only when a counter is read, so the rejecting paths touch one key.
-pub struct RedisStore<'n, 'k> {
-    ctx: Ctx,
-    names: &'n KeyNames<'k>,
-    holders: OpenKey,
-}
-
-impl<'n, 'k> RedisStore<'n, 'k> {
-    pub fn open(ctx: Ctx, names: &'n KeyNames<'k>) -> Result<Self, CouponError> {
-        let holders = open_checked(ctx, names.holders(), Mode::Read, KeyKind::Hash)?;
+impl<'a> RedisStore<'a> {
+    /// Opens the coupon key, which must be a hash or missing.
+    pub fn open(ctx: Ctx, coupon: RawString) -> Result<Self, CouponError> {
         Ok(RedisStore {
             ctx,
-            names,
-            holders,
+            coupon: open_checked(ctx, coupon, Mode::Read, KeyKind::Hash)?,
+            asked: None,
         })
     }
 
-    /// Entries in the event stream (what the persister has not trimmed yet).
-    pub fn event_count(&self) -> Result<i64, CouponError> {
-        let events = open_checked(self.ctx, self.names.events(), Mode::Read, KeyKind::Stream)?;
-        Ok(events.len() as i64)
+    /// The user argument of the command, so `holder_seq` can pass the server its own string.
+    pub fn asking_about(mut self, user: &'a [u8], raw: RawString) -> Self {
+        self.asked = Some((user, raw));
+        self
+    }
+
+    pub fn exists(&self) -> bool {
+        self.coupon.kind() != KeyKind::Empty
+    }
+
+    fn field(&self, bytes: &[u8]) -> Result<Option<OwnedString>, CouponError> {
+        Ok(match self.asked {
+            Some((user, raw)) if std::ptr::eq(user, bytes) => self.coupon.hash_get(self.ctx, raw),
+            _ => self
+                .coupon
+                .hash_get(self.ctx, OwnedString::new(self.ctx, bytes).as_ptr()),
+        })
     }
 }
 
-impl CouponStore for RedisStore<'_, '_> {
+impl CouponStore for RedisStore<'_> {
     fn holder_seq(&self, user: &[u8]) -> Result<Option<i64>, CouponError> {
-        let field = OwnedString::new(self.ctx, user);
-        self.holders
-            .hash_get(self.ctx, field.as_ptr())
+        self.field(user)?
             .map(|seq| {
                 parse_int(seq.bytes())
                     .ok_or(CouponError::Corrupt("a holder's seq is not an integer"))
@@ -85,16 +56,18 @@ impl CouponStore for RedisStore<'_, '_> {
     }
 
     fn holder_count(&self) -> Result<i64, CouponError> {
-        Ok(self.holders.len() as i64)
+        Ok(holders_in(self.coupon.len() as u64) as i64)
     }
 
-    fn counter(&self, counter: Counter) -> Result<i64, CouponError> {
-        let meta = open_checked(self.ctx, self.names.meta(), Mode::Read, KeyKind::Hash)?;
-        match meta.hash_get_cfield(self.ctx, counter.field()) {
-            None => Ok(0),
-            Some(value) => parse_int(value.bytes())
-                .ok_or(CouponError::Corrupt("a meta counter is not an integer")),
+    fn last_seq(&self) -> Result<i64, CouponError> {
+        if !self.exists() {
+            return Ok(0);
         }
+        let last = self.coupon.hash_get(self.ctx, words()?.last_seq.as_ptr());
+        let last = last.ok_or(CouponError::Corrupt(
+            "the coupon hash has no last-seq field",
+        ))?;
+        parse_int(last.bytes()).ok_or(CouponError::Corrupt("the last seq is not an integer"))
     }
 }
 

@@ -1,142 +1,181 @@
-//! The one place that writes. Every change is applied through the low-level key API, then
-//! announced with the keyspace events the built-in commands would emit, then replicated as
-//! those plain commands with concrete values (the stream entry's ID included), so a replica
-//! or an AOF replayed without the module ends up byte-identical, and save points count it.
+//! The one place that writes. A change is first guarded (memory, eviction policy, both keys
+//! of the coupon present), then applied through the low-level key API, announced with the
+//! keyspace events the built-in commands would emit, and replicated as those plain commands
+//! with concrete values (the stream entry's ID included), so a replica or an AOF replayed
+//! without the module ends up byte-identical, and save points count it.
+//!
+//! The FFI write helpers are private to this file: no command can write around it.
 
-use super::ffi::{api, notify, Ctx, KeyKind, Mode, OwnedString, RawString, StaticString};
-use super::store::{open_checked, KeyNames};
-use crate::rules::{Change, Counter, CouponError};
+use super::cluster::slot_is_moving;
+use super::eviction;
+use super::ffi::{
+    api, context_flags, key_exists, notify, Ctx, KeyKind, Mode, OpenKey, OwnedString, RawString,
+};
+use super::store::open_checked;
+use super::words::{words, Words};
+use crate::rules::{guard_write, Change, CouponError, Presence, WriteConditions};
+use coupon_layout::{holders_in, CouponKey, Op};
 use redis_module::raw;
-use std::ffi::CStr;
-use std::sync::OnceLock;
+use std::os::raw::c_int;
+use std::ptr;
 
-/// Field names and op words of event entries, created once at load.
-pub struct EventWords {
-    op: StaticString,
-    coupon: StaticString,
-    user: StaticString,
-    seq: StaticString,
-    ts: StaticString,
-    issue: StaticString,
-    revoke: StaticString,
-}
-
-static EVENT_WORDS: OnceLock<EventWords> = OnceLock::new();
-
-/// Creates the event words; called from `on_load` before any command can run.
-pub fn init_event_words() {
-    EVENT_WORDS.get_or_init(|| EventWords {
-        op: StaticString::new("op"),
-        coupon: StaticString::new("coupon"),
-        user: StaticString::new("user"),
-        seq: StaticString::new("seq"),
-        ts: StaticString::new("ts"),
-        issue: StaticString::new("issue"),
-        revoke: StaticString::new("revoke"),
-    });
-}
-
-/// The arguments of the command being served that a change refers to.
+/// The command's arguments a change refers to.
 pub struct Target<'a> {
-    /// The coupon key as the client sent it (recorded in events).
+    /// The coupon key as the client sent it.
     pub coupon: RawString,
+    pub key: CouponKey<'a>,
+    /// Whether the coupon key existed when the change was decided.
+    pub coupon_exists: bool,
     /// The user as the client sent it.
     pub user: RawString,
-    pub names: &'a KeyNames<'a>,
 }
 
 /// Applies `change` and returns how many users hold the coupon afterwards.
-/// Nothing is written unless all three keys are of the right type.
+/// Nothing is written, and no key is opened for writing, unless the guard lets it through.
 pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, CouponError> {
-    let names = target.names;
-    let holders = open_checked(ctx, names.holders(), Mode::Write, KeyKind::Hash)?;
-    let meta = open_checked(ctx, names.meta(), Mode::Write, KeyKind::Hash)?;
-    let events = open_checked(ctx, names.events(), Mode::Write, KeyKind::Stream)?;
-    let words = EVENT_WORDS
-        .get()
-        .ok_or(CouponError::Corrupt("module not initialised"))?;
+    let words = words()?;
+    let events_name = OwnedString::new(ctx, &target.key.events_key());
+    let events_exist = key_exists(ctx, events_name.as_ptr());
+    let eviction = eviction::current();
+    let conditions = WriteConditions {
+        out_of_memory: context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_OOM != 0,
+        eviction: &eviction,
+    };
+    let presence = Presence {
+        coupon: target.coupon_exists,
+        events: events_exist,
+    };
+    guard_write(conditions, presence, || {
+        slot_is_moving(ctx, target.key.as_bytes())
+    })?;
 
-    let (op, seq, counter, count, at_ms) = match *change {
-        Change::Grant { seq, at_ms, .. } => (words.issue, seq, Counter::LastSeq, seq, at_ms),
-        Change::Return {
-            seq,
-            revoked,
-            at_ms,
-            ..
-        } => (words.revoke, seq, Counter::Revoked, revoked, at_ms),
+    let events = open_checked(ctx, events_name.as_ptr(), Mode::Write, KeyKind::Stream)?;
+    let coupon = OpenKey::open(ctx, target.coupon, Mode::Write);
+    let (op, seq) = match *change {
+        Change::Grant { seq, .. } => (Op::Issue, seq),
+        Change::Return { seq, .. } => (Op::Revoke, seq),
     };
     let seq_text = OwnedString::from_i64(ctx, seq);
-    let ts_text = OwnedString::from_i64(ctx, at_ms);
 
     // The event goes first: if the stream refuses it (ID space exhausted) nothing else changed.
-    let mut entry = [
+    let entry = [
         words.op.as_ptr(),
-        op.as_ptr(),
-        words.coupon.as_ptr(),
-        target.coupon,
+        words.op(op),
         words.user.as_ptr(),
         target.user,
         words.seq.as_ptr(),
         seq_text.as_ptr(),
-        words.ts.as_ptr(),
-        ts_text.as_ptr(),
     ];
-    let id = events.stream_add(&mut entry).ok_or(CouponError::Corrupt(
+    let id = events.stream_add(entry).ok_or(CouponError::Corrupt(
         "the event stream accepts no more entries",
     ))?;
-    notify(ctx, raw::REDISMODULE_NOTIFY_STREAM, c"xadd", names.events());
-    replicate_xadd(ctx, names.events(), id, &entry);
+    notify(
+        ctx,
+        raw::REDISMODULE_NOTIFY_STREAM,
+        c"xadd",
+        events_name.as_ptr(),
+    );
+    replicate_xadd(ctx, events_name.as_ptr(), id, &entry);
 
     match change {
         Change::Grant { .. } => {
-            holders.hash_insert(target.user, seq_text.as_ptr());
-            notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hset", names.holders());
-            replicate_hset(ctx, names.holders(), target.user, seq_text.as_ptr());
+            let seq = seq_text.as_ptr();
+            coupon.hash_set_pair([target.user, seq], [words.last_seq.as_ptr(), seq]);
+            notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hset", target.coupon);
+            replicate_grant(ctx, target, words, seq_text.as_ptr());
         }
         Change::Return { .. } => {
-            holders.hash_del(target.user);
-            notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hdel", names.holders());
-            if holders.kind() == KeyKind::Empty {
-                notify(
-                    ctx,
-                    raw::REDISMODULE_NOTIFY_GENERIC,
-                    c"del",
-                    names.holders(),
-                );
-            }
-            replicate_hdel(ctx, names.holders(), target.user);
+            // The last-seq field stays, so the coupon key never empties here.
+            coupon.hash_del(target.user);
+            notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hdel", target.coupon);
+            replicate_return(ctx, target);
+        }
+    }
+    Ok(holders_in(coupon.len() as u64) as i64)
+}
+
+/// The writes of the low-level key API, usable from this file only.
+impl OpenKey {
+    /// Sets two fields in one call, as one `HSET` would.
+    fn hash_set_pair(&self, [field, value]: [RawString; 2], [other, other_value]: [RawString; 2]) {
+        if self.ptr.is_null() {
+            return;
+        }
+        unsafe {
+            api!(RedisModule_HashSet)(
+                self.ptr,
+                raw::REDISMODULE_HASH_NONE as c_int,
+                field,
+                value,
+                other,
+                other_value,
+                ptr::null::<u8>(),
+            );
         }
     }
 
-    let count_text = OwnedString::from_i64(ctx, count);
-    meta.hash_set_cfield(counter.field(), count_text.as_ptr());
-    notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hset", names.meta());
-    replicate_hset_counter(ctx, names.meta(), counter.field(), count_text.as_ptr());
+    fn hash_del(&self, field: RawString) {
+        if self.ptr.is_null() {
+            return;
+        }
+        let delete = raw::REDISMODULE_HASH_DELETE as RawString;
+        unsafe {
+            api!(RedisModule_HashSet)(
+                self.ptr,
+                raw::REDISMODULE_HASH_NONE as c_int,
+                field,
+                delete,
+                ptr::null::<u8>(),
+            );
+        }
+    }
 
-    Ok(holders.len() as i64)
-}
-
-fn replicate_hset(ctx: Ctx, key: RawString, field: RawString, value: RawString) {
-    unsafe {
-        api!(RedisModule_Replicate)(ctx, c"HSET".as_ptr(), c"sss".as_ptr(), key, field, value);
+    /// Appends an entry with a server-assigned ID; the ID, or `None` if the stream is full.
+    fn stream_add<const N: usize>(
+        &self,
+        mut fields: [RawString; N],
+    ) -> Option<raw::RedisModuleStreamID> {
+        if self.ptr.is_null() {
+            return None;
+        }
+        let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+        let status = unsafe {
+            api!(RedisModule_StreamAdd)(
+                self.ptr,
+                raw::REDISMODULE_STREAM_ADD_AUTOID as c_int,
+                &mut id,
+                fields.as_mut_ptr(),
+                (N / 2) as i64,
+            )
+        };
+        (status == raw::REDISMODULE_OK as c_int).then_some(id)
     }
 }
 
-fn replicate_hdel(ctx: Ctx, key: RawString, field: RawString) {
-    unsafe {
-        api!(RedisModule_Replicate)(ctx, c"HDEL".as_ptr(), c"ss".as_ptr(), key, field);
-    }
-}
-
-fn replicate_hset_counter(ctx: Ctx, meta: RawString, field: &CStr, value: RawString) {
+/// `HSET <coupon> <user> <seq> "" <seq>`: one command, as a client would send it.
+fn replicate_grant(ctx: Ctx, target: &Target<'_>, words: &Words, seq: RawString) {
     unsafe {
         api!(RedisModule_Replicate)(
             ctx,
             c"HSET".as_ptr(),
-            c"scs".as_ptr(),
-            meta,
-            field.as_ptr(),
-            value,
+            c"sssss".as_ptr(),
+            target.coupon,
+            target.user,
+            seq,
+            words.last_seq.as_ptr(),
+            seq,
+        );
+    }
+}
+
+fn replicate_return(ctx: Ctx, target: &Target<'_>) {
+    unsafe {
+        api!(RedisModule_Replicate)(
+            ctx,
+            c"HDEL".as_ptr(),
+            c"ss".as_ptr(),
+            target.coupon,
+            target.user,
         );
     }
 }
@@ -146,28 +185,28 @@ fn replicate_xadd(
     ctx: Ctx,
     events: RawString,
     id: raw::RedisModuleStreamID,
-    entry: &[RawString; 10],
+    entry: &[RawString; 6],
 ) {
-    let id = format!("{}-{}", id.ms, id.seq);
-    let [f0, v0, f1, v1, f2, v2, f3, v3, f4, v4] = *entry;
+    let mut buffer = itoa::Buffer::new();
+    let mut id_text = String::with_capacity(41);
+    id_text.push_str(buffer.format(id.ms));
+    id_text.push('-');
+    id_text.push_str(buffer.format(id.seq));
+    let [f0, v0, f1, v1, f2, v2] = *entry;
     unsafe {
         api!(RedisModule_Replicate)(
             ctx,
             c"XADD".as_ptr(),
-            c"sbssssssssss".as_ptr(),
+            c"sbssssss".as_ptr(),
             events,
-            id.as_ptr(),
-            id.len(),
+            id_text.as_ptr(),
+            id_text.len(),
             f0,
             v0,
             f1,
             v1,
             f2,
             v2,
-            f3,
-            v3,
-            f4,
-            v4,
         );
     }
 }

@@ -87,13 +87,33 @@ pub fn parse_user(user: &[u8]) -> Result<&[u8], CouponError> {
     }
 }
 
-/// A signed 64-bit decimal as Redis writes it: optional '-', digits, nothing else.
+/// A signed 64-bit decimal exactly as Redis' own integer arguments take it (`string2ll`):
+/// optional '-', no leading zeros, no '+', no spaces, and no "-0".
 pub fn parse_int(raw: &[u8]) -> Option<i64> {
-    let digits = raw.strip_prefix(b"-").unwrap_or(raw);
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
+    let (negative, digits) = match raw.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, raw),
+    };
+    match digits {
+        [b'0'] if !negative => return Some(0),
+        [b'1'..=b'9', ..] => {}
+        _ => return None,
     }
-    std::str::from_utf8(raw).ok()?.parse().ok()
+    // Accumulated negative, so i64::MIN parses too.
+    let mut value: i64 = 0;
+    for digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value
+            .checked_mul(10)?
+            .checked_sub(i64::from(digit - b'0'))?;
+    }
+    if negative {
+        Some(value)
+    } else {
+        value.checked_neg()
+    }
 }
 
 #[cfg(test)]
@@ -138,10 +158,47 @@ mod tests {
             " 5",
             "5 ",
             "0x10",
+            "007",
+            "00",
+            "-0",
+            "-00",
+            "-",
         ] {
             assert_eq!(
                 parse(&["k", "u", bad]),
                 Err(CouponError::InvalidLimit),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_integers_as_redis_does() {
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"-1"), Some(-1));
+        assert_eq!(parse_int(b"10"), Some(10));
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            "007",
+            "-0",
+            "+5",
+            " 5",
+            "5 ",
+            "",
+            "-",
+            "1e3",
+            "9223372036854775808",
+        ] {
+            assert_eq!(parse_int(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_window_bounds_redis_would_refuse() {
+        for bad in ["007", "-0", "+5", " 5"] {
+            assert_eq!(
+                parse(&["k", "u", "1", "WINDOW", bad, "9"]),
+                Err(CouponError::InvalidWindowBound),
                 "{bad:?}"
             );
         }

@@ -1,15 +1,13 @@
+use coupon_layout::KeyError;
+
 /// Everything a COUPON command can refuse. The text is the reply the client sees after
-/// its [`code`](CouponError::code), so it names the argument at fault.
+/// its [`code`](CouponError::code), so it names the argument or the state at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CouponError {
     #[error("wrong number of arguments")]
     Arity,
-    #[error("coupon key must not be empty")]
-    EmptyKey,
-    #[error(
-        "coupon key contains '}}' but no hash tag; use a tag like 'sale{{42}}' or drop the brace"
-    )]
-    KeyWithStrayBrace,
+    #[error("{0}")]
+    Key(#[from] KeyError),
     #[error("user must not be empty")]
     EmptyUser,
     #[error("limit must be an integer from 0 to 9223372036854775807")]
@@ -30,13 +28,35 @@ pub enum CouponError {
     Corrupt(&'static str),
     #[error("coupon has issued its last possible seq")]
     SeqExhausted,
+    /// Redis' own words for a write refused at `maxmemory`.
+    #[error("command not allowed when used memory > 'maxmemory'.")]
+    OutOfMemory,
+    #[error(
+        "coupon writes are refused under maxmemory-policy {0} with maxmemory set: eviction \
+         could erase a coupon and hand its seqs out again; use noeviction or a volatile-* policy"
+    )]
+    EvictingPolicy(String),
+    #[error(
+        "the coupon exists but its event stream is missing (evicted or deleted), so nothing \
+         was changed; restore the stream, or delete the coupon to start it over"
+    )]
+    EventsMissing,
+    #[error(
+        "the coupon's event stream exists but the coupon is missing (evicted or deleted), so \
+         nothing was changed; restore the coupon, or delete the stream to start it over"
+    )]
+    CouponMissing,
+    #[error("the coupon's keys are being migrated between nodes; retry")]
+    Migrating,
 }
 
 impl CouponError {
-    /// The error code Redis clients dispatch on (`ERR`, `WRONGTYPE`).
+    /// The error code Redis clients dispatch on (cluster clients retry `TRYAGAIN`).
     pub fn code(&self) -> &'static str {
         match self {
             CouponError::WrongType => "WRONGTYPE",
+            CouponError::OutOfMemory => "OOM",
+            CouponError::Migrating => "TRYAGAIN",
             _ => "ERR",
         }
     }

@@ -1,20 +1,21 @@
-//! The coupon rules: argument grammar, key layout and the issue/revoke decisions.
+//! The coupon rules: argument grammar, the issue/revoke decisions and when a write may go ahead.
 //!
 //! Nothing here touches Redis. The decisions read through [`CouponStore`] and return a
-//! [`Change`] for the caller to apply, so the same rules are tested against an
-//! in-memory store and served against Redis keys.
+//! [`Change`] for the caller to apply; [`guard_write`] says whether the server and the coupon's
+//! keys are in a state to take it. The same rules are tested against an in-memory store and
+//! served against Redis keys. Key names and fields come from `coupon_layout`.
 
 mod args;
 mod decide;
 mod error;
-mod keys;
+mod guard;
 mod store;
 
 pub use args::{parse_int, parse_user, IssueArgs, Window};
 pub use decide::{decide_issue, decide_revoke, Change, IssueOutcome};
 pub use error::CouponError;
-pub use keys::{CouponKeys, EVENT_FIELDS};
-pub use store::{Counter, CouponStore};
+pub use guard::{guard_write, Eviction, Presence, WriteConditions};
+pub use store::CouponStore;
 
 #[cfg(test)]
 pub use store::MemoryStore;

@@ -3,9 +3,10 @@
 //! the persister against a raw multi-row INSERT. See BENCHMARKS.md.
 
 use clap::Parser;
+use coupon_layout::holders_in;
 use coupon_sdk::{Backend, Coupons, Outcome};
 use coupon_tests::load::{drive, scramble, LoadReport};
-use coupon_tests::{query_rows, Flavor, MariaDb, Persister, Server};
+use coupon_tests::{events_key, query_rows, Flavor, MariaDb, Persister, Server};
 use redis::aio::MultiplexedConnection;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -36,6 +37,10 @@ struct Args {
     /// Requests per command benchmark.
     #[arg(long, default_value_t = 400_000)]
     requests: u64,
+    /// Holders of the coupon the rejecting runs click on (and members of the plain
+    /// structures they are compared with).
+    #[arg(long, default_value_t = 10_000)]
+    holders: u64,
     /// Attempts in the flash-sale mix (users are a fifth of that, stock a hundredth).
     #[arg(long, default_value_t = 1_000_000)]
     attempts: u64,
@@ -53,7 +58,7 @@ struct Args {
 fn main() {
     let mut args = Args::parse();
     if args.smoke {
-        (args.requests, args.attempts, args.events) = (2_000, 5_000, 3_000);
+        (args.requests, args.attempts, args.events, args.holders) = (2_000, 5_000, 3_000, 500);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,14 +87,22 @@ fn main() {
             pipeline: in_flight,
             requests: args.requests,
         };
-        print_group("issuing (fresh users)", &bench.issuing(&load), "SADD");
         print_group(
-            "rejecting (stock gone)",
-            &bench.rejecting(&load),
-            "SISMEMBER",
+            "issuing (fresh users, stock unlimited)",
+            &bench.issuing(&load),
         );
+        let sold_out = format!("sold out ({} holders, a non-holder clicks)", args.holders);
+        print_group(&sold_out, &bench.sold_out(&load, args.holders));
+        let duplicate = format!(
+            "duplicate ({} holders, a holder clicks again)",
+            args.holders
+        );
+        print_group(&duplicate, &bench.duplicate(&load, args.holders));
     }
 
+    if args.attempts == 0 {
+        return;
+    }
     println!("\n## flash sale through the SDK\n");
     let (sale, outcomes, memory) =
         runtime.block_on(bench.flash_sale(args.attempts, args.sale_in_flight));
@@ -104,7 +117,10 @@ fn main() {
         sale.max_ms()
     );
     println!("outcomes: {outcomes:?}");
-    println!("memory per holder after the stream is trimmed: {memory:.1} bytes");
+    println!(
+        "memory per holder: {:.1} bytes with its issue event in the stream, {:.1} bytes once the persister has trimmed it",
+        memory.with_events, memory.trimmed
+    );
 
     if args.events > 0 {
         println!("\n## persister into MariaDB\n");
@@ -139,29 +155,26 @@ fn describe_machine(url: &str) {
     println!("# coupon benchmark\n\nmachine: {cores} cores, {cpu}; server {version}; client and server share the machine");
 }
 
-fn print_group(title: &str, rows: &[(&str, CommandReport)], ceiling: &str) {
+/// One scenario's rows, then the module's rate against each other row.
+fn print_group(title: &str, rows: &[(String, CommandReport)]) {
     println!("{title}:");
-    let rate = |name: &str| {
-        rows.iter()
-            .find(|(n, _)| *n == name)
-            .map_or(f64::NAN, |(_, r)| r.per_second)
-    };
     for (name, report) in rows {
         println!(
-            "  {name:<22} {:>10.0} ops/s   p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+            "  {name:<24} {:>10.0} ops/s   p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
             report.per_second, report.p50_ms, report.p99_ms, report.errors
         );
     }
-    let module = rate("COUPON.ISSUE");
-    println!(
-        "  module/seeds-Lua {:.2}x   module/SDK-Lua {:.2}x   module/{ceiling} {:.2}",
-        module / rate("seeds-style Lua"),
-        module / rate("SDK Lua backend"),
-        module / rate(ceiling)
-    );
+    let module = rows.first().map_or(f64::NAN, |(_, r)| r.per_second);
+    let ratios: Vec<String> = rows
+        .iter()
+        .skip(1)
+        .map(|(name, report)| format!("module/{name} {:.2}", module / report.per_second))
+        .collect();
+    println!("  {}", ratios.join("   "));
 }
 
 struct Bench {
+    url: String,
     connections: Vec<MultiplexedConnection>,
     sdk_sha: String,
     seeds_sha: String,
@@ -194,6 +207,7 @@ impl Bench {
             .expect("SCRIPT LOAD");
         let run = format!("{}", std::process::id());
         Bench {
+            url: url.to_string(),
             connections,
             sdk_sha,
             seeds_sha,
@@ -222,68 +236,122 @@ impl Bench {
         .await
     }
 
-    /// Four ways to record a fresh user: the module, the SDK's script, the seeds script, SADD.
-    fn issuing(&self, load: &CommandLoad<'_>) -> Vec<(&'static str, CommandReport)> {
-        self.compare(load, "issue", &i64::MAX.to_string(), "SADD")
-    }
-
-    /// The same with no stock left (limit 0), against SISMEMBER.
-    fn rejecting(&self, load: &CommandLoad<'_>) -> Vec<(&'static str, CommandReport)> {
-        self.compare(load, "reject", "0", "SISMEMBER")
-    }
-
-    fn compare(
-        &self,
-        load: &CommandLoad<'_>,
-        tag: &str,
-        limit: &str,
-        ceiling: &'static str,
-    ) -> Vec<(&'static str, CommandReport)> {
-        let user = "user-__rand_int__";
-        let module_key = format!("bench:{}:module:{tag}", self.run);
-        let sdk = format!("bench:{}:sdk:{tag}", self.run);
-        let (sdk_holders, sdk_meta, sdk_events) = (
-            format!("{{{sdk}}}:holders"),
-            format!("{{{sdk}}}:meta"),
-            format!("{{{sdk}}}:events"),
-        );
-        let seeds = format!("{{bench:{}:seeds:{tag}}}", self.run);
-        let (seeds_set, seeds_queue) = (format!("{seeds}:set"), format!("{seeds}:queue"));
-        let plain_key = format!("bench:{}:plain", self.run);
+    /// A fresh user each time, no stock limit: the module, the SDK's script, the seeds script,
+    /// and `SADD` (the bare write of a member) — each on its own key, growing from empty.
+    fn issuing(&self, load: &CommandLoad<'_>) -> Vec<(String, CommandReport)> {
+        let keys = self.keys("issue");
+        let user = Clicks::new_users();
+        let limit = i64::MAX.to_string();
         vec![
             (
-                "COUPON.ISSUE",
-                load.run(&["COUPON.ISSUE", &module_key, user, limit]),
+                "COUPON.ISSUE".into(),
+                load.run(&["COUPON.ISSUE", &keys.module, user.arg, &limit], &user),
             ),
             (
-                "SDK Lua backend",
-                load.run(&[
-                    "EVALSHA",
-                    &self.sdk_sha,
-                    "3",
-                    &sdk_holders,
-                    &sdk_meta,
-                    &sdk_events,
-                    "issue",
-                    &sdk,
-                    user,
-                    limit,
-                ]),
+                "SDK Lua backend".into(),
+                load.run(&keys.sdk_issue(&self.sdk_sha, user.arg, &limit), &user),
             ),
             (
-                "seeds-style Lua",
-                load.run(&[
-                    "EVALSHA",
-                    &self.seeds_sha,
-                    "2",
-                    &seeds_set,
-                    &seeds_queue,
-                    user,
-                    limit,
-                ]),
+                "seeds-style Lua".into(),
+                load.run(&keys.seeds_issue(&self.seeds_sha, user.arg, &limit), &user),
             ),
-            (ceiling, load.run(&[ceiling, &plain_key, user])),
+            (
+                "SADD".into(),
+                load.run(&["SADD", &keys.set, user.arg], &user),
+            ),
         ]
+    }
+
+    /// The stock is gone: a coupon with `holders` holders at its limit, clicked by users who
+    /// are not among them (most of a flash sale's requests). The ceilings are the bare
+    /// lookups of a missing member in a set, and of a missing field in a hash, of that size.
+    fn sold_out(&self, load: &CommandLoad<'_>, holders: u64) -> Vec<(String, CommandReport)> {
+        let keys = self.keys("sold-out");
+        self.fill(&keys, holders);
+        self.compare_reads(load, &keys, &Clicks::non_holders(), holders)
+    }
+
+    /// A holder clicks again (a retry, a double click): the module answers their seq. The
+    /// ceilings are the bare lookups of a present member and a present field.
+    fn duplicate(&self, load: &CommandLoad<'_>, holders: u64) -> Vec<(String, CommandReport)> {
+        let keys = self.keys("duplicate");
+        self.fill(&keys, holders);
+        self.compare_reads(load, &keys, &Clicks::holder(holders), holders)
+    }
+
+    fn compare_reads(
+        &self,
+        load: &CommandLoad<'_>,
+        keys: &BenchKeys,
+        user: &Clicks,
+        holders: u64,
+    ) -> Vec<(String, CommandReport)> {
+        let limit = holders.to_string();
+        vec![
+            (
+                "COUPON.ISSUE".into(),
+                load.run(&["COUPON.ISSUE", &keys.module, user.arg, &limit], user),
+            ),
+            (
+                "SDK Lua backend".into(),
+                load.run(&keys.sdk_issue(&self.sdk_sha, user.arg, &limit), user),
+            ),
+            (
+                "seeds-style Lua".into(),
+                load.run(&keys.seeds_issue(&self.seeds_sha, user.arg, &limit), user),
+            ),
+            (
+                "SISMEMBER".into(),
+                load.run(&["SISMEMBER", &keys.set, user.arg], user),
+            ),
+            (
+                "HGET".into(),
+                load.run(&["HGET", &keys.hash, user.arg], user),
+            ),
+        ]
+    }
+
+    fn keys(&self, tag: &str) -> BenchKeys {
+        let module = format!("bench:{}:module:{tag}", self.run);
+        let sdk = format!("bench:{}:sdk:{tag}", self.run);
+        let seeds = format!("{{bench:{}:seeds:{tag}}}", self.run);
+        BenchKeys {
+            sdk_events: String::from_utf8_lossy(&events_key(sdk.as_bytes())).into_owned(),
+            module,
+            sdk,
+            seeds_set: format!("{seeds}:set"),
+            seeds_queue: format!("{seeds}:queue"),
+            set: format!("bench:{}:set:{tag}", self.run),
+            hash: format!("bench:{}:hash:{tag}", self.run),
+        }
+    }
+
+    /// Gives every structure of `keys` the same `holders` users, named as redis-benchmark
+    /// names them (`user-` and twelve digits), each the way its own path would.
+    fn fill(&self, keys: &BenchKeys, holders: u64) {
+        let limit = i64::MAX.to_string();
+        let mut conn = redis::Client::open(self.url.as_str())
+            .and_then(|client| client.get_connection())
+            .expect("a connection to fill the coupons");
+        for chunk in (0..holders).collect::<Vec<_>>().chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for i in chunk {
+                let user = format!("user-{i:012}");
+                let mut add = |args: &[&str]| {
+                    let command = pipe.cmd(args[0]);
+                    args[1..].iter().for_each(|arg| {
+                        command.arg(*arg);
+                    });
+                    command.ignore();
+                };
+                add(&["COUPON.ISSUE", &keys.module, &user, &limit]);
+                add(&keys.sdk_issue(&self.sdk_sha, &user, &limit));
+                add(&keys.seeds_issue(&self.seeds_sha, &user, &limit));
+                add(&["SADD", &keys.set, &user]);
+                add(&["HSET", &keys.hash, &user, "1"]);
+            }
+            pipe.query::<()>(&mut conn).expect("filling the coupons");
+        }
     }
 
     /// `attempts` clicks from `attempts / 5` users (random, so most click several times) for
@@ -292,7 +360,7 @@ impl Bench {
         &self,
         attempts: u64,
         workers: usize,
-    ) -> (LoadReport, BTreeMap<String, u64>, f64) {
+    ) -> (LoadReport, BTreeMap<String, u64>, Memory) {
         let coupon = format!("bench:{}:sale", self.run);
         let (users, stock) = ((attempts / 5).max(1), (attempts / 100).max(1));
         let clients: Arc<Vec<_>> = Arc::new(
@@ -330,34 +398,126 @@ impl Bench {
         )
         .await;
         let mut conn = self.connections[0].clone();
-        let prefix = format!("{{{coupon}}}");
+        let events = events_key(coupon.as_bytes());
+        let fields: u64 = redis::cmd("HLEN")
+            .arg(&coupon)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(1);
+        let holders = holders_in(fields).max(1) as f64;
+        let with_events = coupon_bytes(&mut conn, &coupon, &events).await as f64 / holders;
         let _: i64 = redis::cmd("XTRIM")
-            .arg(format!("{prefix}:events"))
+            .arg(&events)
             .arg("MAXLEN")
             .arg(0)
             .query_async(&mut conn)
             .await
             .unwrap_or(0);
-        let mut bytes = 0i64;
-        for suffix in ["holders", "meta", "events"] {
-            let usage: Option<i64> = redis::cmd("MEMORY")
-                .arg("USAGE")
-                .arg(format!("{prefix}:{suffix}"))
-                .arg("SAMPLES")
-                .arg(0)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or(None);
-            bytes += usage.unwrap_or(0);
-        }
-        let holders: i64 = redis::cmd("HLEN")
-            .arg(format!("{prefix}:holders"))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(1);
+        let trimmed = coupon_bytes(&mut conn, &coupon, &events).await as f64 / holders;
         let tally = tally.lock().map(|t| t.clone()).unwrap_or_default();
-        (report, tally, bytes as f64 / holders.max(1) as f64)
+        (
+            report,
+            tally,
+            Memory {
+                with_events,
+                trimmed,
+            },
+        )
     }
+}
+
+/// The keys one scenario runs on: the module's coupon, the SDK script's coupon and events,
+/// the seeds script's set and queue, and the plain set and hash of the ceilings.
+struct BenchKeys {
+    module: String,
+    sdk: String,
+    sdk_events: String,
+    seeds_set: String,
+    seeds_queue: String,
+    set: String,
+    hash: String,
+}
+
+impl BenchKeys {
+    fn sdk_issue<'a>(&'a self, sha: &'a str, user: &'a str, limit: &'a str) -> [&'a str; 8] {
+        [
+            "EVALSHA",
+            sha,
+            "2",
+            &self.sdk,
+            &self.sdk_events,
+            "issue",
+            user,
+            limit,
+        ]
+    }
+
+    fn seeds_issue<'a>(&'a self, sha: &'a str, user: &'a str, limit: &'a str) -> [&'a str; 7] {
+        [
+            "EVALSHA",
+            sha,
+            "2",
+            &self.seeds_set,
+            &self.seeds_queue,
+            user,
+            limit,
+        ]
+    }
+}
+
+/// Who clicks: the user argument (with redis-benchmark's `__rand_int__`) and the range of its
+/// random number.
+struct Clicks {
+    arg: &'static str,
+    keyspace: u64,
+}
+
+impl Clicks {
+    /// A new user on (almost) every request.
+    fn new_users() -> Clicks {
+        Clicks {
+            arg: "user-__rand_int__",
+            keyspace: 100_000_000_000,
+        }
+    }
+
+    /// Users who are not among the filled-in holders (named `other-…`).
+    fn non_holders() -> Clicks {
+        Clicks {
+            arg: "other-__rand_int__",
+            ..Clicks::new_users()
+        }
+    }
+
+    /// One of the first `holders` users, who all hold the coupon.
+    fn holder(holders: u64) -> Clicks {
+        Clicks {
+            arg: "user-__rand_int__",
+            keyspace: holders,
+        }
+    }
+}
+
+/// Bytes per holder of a coupon (`MEMORY USAGE` of its hash and its stream).
+struct Memory {
+    with_events: f64,
+    trimmed: f64,
+}
+
+async fn coupon_bytes(conn: &mut MultiplexedConnection, coupon: &str, events: &[u8]) -> i64 {
+    let mut bytes = 0;
+    for key in [coupon.as_bytes(), events] {
+        let usage: Option<i64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(conn)
+            .await
+            .unwrap_or(None);
+        bytes += usage.unwrap_or(0);
+    }
+    bytes
 }
 
 /// One command measured by `redis-benchmark` (C, one thread, far cheaper per request than any
@@ -377,9 +537,10 @@ struct CommandReport {
 }
 
 impl CommandLoad<'_> {
-    /// Runs `command`; `__rand_int__` in an argument becomes a random 11-digit number, so every
-    /// request names a fresh user.
-    fn run(&self, command: &[&str]) -> CommandReport {
+    /// Runs `command`; `__rand_int__` in an argument becomes a random twelve-digit number
+    /// below the keyspace of `clicks`.
+    fn run(&self, command: &[impl AsRef<str>], clicks: &Clicks) -> CommandReport {
+        let command: Vec<&str> = command.iter().map(AsRef::as_ref).collect();
         let info =
             redis::IntoConnectionInfo::into_connection_info(self.url).expect("a valid Redis URL");
         let (host, port) = match info.addr() {
@@ -394,7 +555,7 @@ impl CommandLoad<'_> {
                 &port.to_string(),
                 "--csv",
                 "-r",
-                "100000000000",
+                &clicks.keyspace.to_string(),
             ])
             .args([
                 "-c",
@@ -404,7 +565,7 @@ impl CommandLoad<'_> {
                 "-n",
                 &self.requests.to_string(),
             ])
-            .args(command)
+            .args(&command)
             .output()
             .expect("redis-benchmark runs (apt-get install redis-tools)");
         let csv = String::from_utf8_lossy(&output.stdout);
@@ -462,7 +623,7 @@ fn persister_vs_insert(
         url,
         &database_url,
         &[
-            ("stream-pattern", &format!("{{{run}:*}}:events")),
+            ("stream-pattern", &format!("{run}:*:events*")),
             ("trim-interval-ms", "1000"),
         ],
     );

@@ -5,9 +5,10 @@
 //! the coupons through the SDK, then proves that Redis and the database agree.
 
 use clap::Parser;
+use coupon_layout::holders_in;
 use coupon_sdk::{Backend, Coupons, Outcome};
 use coupon_tests::load::{drive, scramble};
-use coupon_tests::{query_rows, Flavor, Persister, Server};
+use coupon_tests::{events_key, query_rows, Flavor, Persister, Server};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -88,11 +89,8 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         )
     });
     let coupon = format!("flash-sale:{}", std::process::id());
-    let mut persister = Persister::start(
-        &redis_url,
-        &database_url,
-        &[("stream-pattern", &format!("{{{coupon}}}:events"))],
-    );
+    let stream = String::from_utf8_lossy(&events_key(coupon.as_bytes())).into_owned();
+    let mut persister = Persister::start(&redis_url, &database_url, &[("stream-pattern", &stream)]);
     println!("redis: {redis_url}\ndatabase: {database_url}\ncoupon: {coupon}\n");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -175,9 +173,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
 
     let mut conn = redis::Client::open(redis_url.as_str())?.get_connection()?;
-    let holders: u64 = redis::cmd("HLEN")
-        .arg(format!("{{{coupon}}}:holders"))
-        .query(&mut conn)?;
+    let holders = holders_in(redis::cmd("HLEN").arg(&coupon).query(&mut conn)?);
     let count = |sql: &str| -> u64 {
         query_rows(&database_url, sql)
             .ok()

@@ -1,0 +1,61 @@
+//! The shape of an event entry: `op <issue|revoke> user <user> seq <seq>`. The coupon is the
+//! stream's own key and the time is the entry ID's milliseconds, so neither is repeated.
+
+/// What happened to a seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Issue,
+    Revoke,
+}
+
+impl Op {
+    /// The value of the `op` field.
+    pub const fn word(self) -> &'static str {
+        match self {
+            Op::Issue => "issue",
+            Op::Revoke => "revoke",
+        }
+    }
+
+    pub fn from_word(word: &[u8]) -> Option<Op> {
+        match word {
+            b"issue" => Some(Op::Issue),
+            b"revoke" => Some(Op::Revoke),
+            _ => None,
+        }
+    }
+}
+
+/// The fields of an event entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventField {
+    Op,
+    User,
+    Seq,
+}
+
+impl EventField {
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventField::Op => "op",
+            EventField::User => "user",
+            EventField::Seq => "seq",
+        }
+    }
+}
+
+/// The fields of an entry, in the order they are written.
+pub const EVENT_FIELDS: [EventField; 3] = [EventField::Op, EventField::User, EventField::Seq];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_words_round_trip() {
+        for op in [Op::Issue, Op::Revoke] {
+            assert_eq!(Op::from_word(op.word().as_bytes()), Some(op));
+        }
+        assert_eq!(Op::from_word(b"grant"), None);
+    }
+}

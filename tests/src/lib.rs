@@ -1,22 +1,16 @@
 //! The test harness: real `redis-server` / `valkey-server` processes with the coupon module,
-//! each in its own temp dir on a free loopback port, killed when dropped.
+//! each in its own temp dir on a free loopback port, killed when dropped. The servers, MariaDB
+//! and the persister come from `coupon-testkit` (its local backend); the load generators and
+//! the per-flavor test macro live here.
 
-mod build;
-mod cluster;
 pub mod load;
-mod mariadb;
-mod persister;
-mod server;
 mod workload;
 
-pub use build::{module_path, persister_path};
-pub use cluster::{key_in_slot, Cluster};
-pub use mariadb::MariaDb;
-pub use persister::{
+pub use coupon_testkit::{
     assert_persisted, assert_redis_matches, db_rows, differences, event_streams, events_key,
-    pending, query_rows, DbRow, Ledger, Load, Persister, TestDb,
+    key_in_slot, module_path, pending, persister_path, query_rows, Cluster, DbRow, Flavor, Ledger,
+    Load, MariaDb, Persister, Server, ServerBuilder, TestDb,
 };
-pub use server::{Flavor, Server, ServerBuilder};
 pub use workload::mixed_workload;
 
 /// Runs each named test once per server flavor: `fn name(flavor: Flavor)` becomes the tests

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::Row;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,39 +53,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// What a fresh machine may lack, with the command that installs it.
+/// What a fresh machine may lack, as the one line `.cargo/preflight` prints: cargo runs that
+/// check before a fresh build, and a binary already built asks it again here. `need_redis`:
+/// the sale starts redis-server with the module, which it builds (bindgen needs libclang).
 fn check_prerequisites(need_redis: bool) -> Result<(), String> {
-    let on_path = |name: &str| {
-        std::env::var("PATH")
-            .unwrap_or_default()
-            .split(':')
-            .any(|dir| Path::new(dir).join(name).is_file())
-    };
-    if need_redis && !on_path("redis-server") {
-        return Err("redis-server is not installed: apt-get install redis-server".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cargo/preflight");
+    if !need_redis || !script.exists() {
+        return Ok(());
     }
-    let libclang = ["/usr/lib", "/usr/lib64", "/usr/local/lib"]
-        .iter()
-        .any(|root| {
-            walk_finds(Path::new(root), 3, &|name| {
-                name.starts_with("libclang") && name.contains(".so")
-            })
-        });
-    if need_redis && !libclang {
-        return Err("libclang is needed to build the module: apt-get install libclang-dev".into());
+    match Command::new(&script).args(["check", "quickstart"]).output() {
+        Ok(out) if !out.status.success() => {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+        _ => Ok(()),
     }
-    Ok(())
-}
-
-fn walk_finds(dir: &Path, depth: u32, matches: &dyn Fn(&str) -> bool) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        matches(&name)
-            || (depth > 0 && entry.path().is_dir() && walk_finds(&entry.path(), depth - 1, matches))
-    })
 }
 
 fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {

@@ -220,10 +220,9 @@ impl Crowd {
             .build()
             .expect("a tokio runtime");
         let client = cluster_client(cluster);
-        // Each client has its own connection, as separate service instances would: redis-rs
-        // sends ASKING apart from the command it is for, so on one shared connection
-        // concurrent redirected commands can take each other's ASKING and bounce between
-        // the nodes (-ASK, -MOVED) until their retries run out.
+        // Each client has its own connection, as separate service instances would: on one
+        // shared connection redis-rs 1.8.1 loses redirected calls (see
+        // `a_shared_cluster_connection_answers_every_click_during_a_move`).
         let connect = || {
             let connection = runtime
                 .block_on(client.get_async_connection())

@@ -56,8 +56,8 @@ impl Backend {
     }
 }
 
-/// Redis with the module in a container and a client for it: the one call most tests need.
-/// Keep the [`Stack`]: dropping it removes the container.
+/// Redis with the module and a client for it: the one call most tests need. In a container
+/// unless `COUPON_TESTKIT_BACKEND=local`. Keep the [`Stack`]: dropping it stops the server.
 pub async fn coupons() -> Result<(Stack, Client), Error> {
     let stack = Stack::start().await?;
     let coupons = stack.coupons().await?;

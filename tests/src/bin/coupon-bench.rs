@@ -14,6 +14,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "coupon-bench/lag.rs"]
+mod lag;
+
 /// The state of the art this project replaces: SISMEMBER/SCARD/SADD plus a queue, in Lua.
 const SEEDS_SCRIPT: &str = "\
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
@@ -46,6 +49,18 @@ struct Args {
     /// Events the persister drains into MariaDB (0 skips that part).
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Only the persister's parts (the drain and the lag at a steady rate).
+    #[arg(long)]
+    persister_only: bool,
+    /// Events per second of the persister's lag run (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    lag_rate: u64,
+    /// Seconds the steady rate is held (after a warm-up of a fifth of that).
+    #[arg(long, default_value_t = 30)]
+    lag_seconds: u64,
+    /// Numbers of coupons the lag run spreads the events over, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    lag_coupons: Vec<u64>,
     /// Tiny counts: checks that every part works, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -55,6 +70,7 @@ fn main() {
     let mut args = Args::parse();
     if args.smoke {
         (args.requests, args.attempts, args.events) = (2_000, 5_000, 3_000);
+        (args.lag_rate, args.lag_seconds, args.lag_coupons) = (2_000, 5, vec![100]);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -72,13 +88,50 @@ fn main() {
     describe_machine(&url);
 
     let bench = runtime.block_on(Bench::connect(&url, args.connections));
+    if !args.persister_only {
+        commands_and_sale(&runtime, &bench, &url, &args);
+    }
+
+    if args.events > 0 {
+        println!("\n## persister into MariaDB\n");
+        let drain = persister_vs_insert(&runtime, &bench, &url, args.events);
+        println!(
+            "persister: {:.0} events/s; raw multi-row INSERT: {:.0} rows/s; ratio {:.2}; \
+             persister memory (RSS) at most {:.1} MB while draining",
+            drain.persisted,
+            drain.ceiling,
+            drain.persisted / drain.ceiling,
+            drain.max_rss_kb as f64 / 1024.0
+        );
+    }
+    if args.lag_rate > 0 && args.lag_seconds > 0 {
+        println!("\n## persister lag at a steady rate\n");
+        for coupons in &args.lag_coupons {
+            let lag = lag::at_steady_rate(
+                &runtime,
+                &bench,
+                &url,
+                args.lag_rate,
+                *coupons,
+                Duration::from_secs(args.lag_seconds),
+            );
+            println!("{lag}");
+        }
+    }
+    if args.smoke {
+        println!("\nsmoke run: every part ran (figures at these counts mean nothing)");
+    }
+}
+
+/// The command benchmarks and the flash sale through the SDK.
+fn commands_and_sale(runtime: &tokio::runtime::Runtime, bench: &Bench, url: &str, args: &Args) {
     for (mode, in_flight) in [("pipelined", args.in_flight), ("unpipelined", 1)] {
         println!(
             "\n## {mode}: {} connections x {in_flight} in flight (redis-benchmark)\n",
             args.connections
         );
         let load = CommandLoad {
-            url: &url,
+            url,
             connections: args.connections,
             pipeline: in_flight,
             requests: args.requests,
@@ -106,15 +159,6 @@ fn main() {
     );
     println!("outcomes: {outcomes:?}");
     println!("memory per holder after the stream is trimmed: {memory:.1} bytes");
-
-    if args.events > 0 {
-        println!("\n## persister into MariaDB\n");
-        let (persisted, ceiling) = persister_vs_insert(&runtime, &bench, &url, args.events);
-        println!("persister: {persisted:.0} events/s; raw multi-row INSERT: {ceiling:.0} rows/s; ratio {:.2}", persisted / ceiling);
-    }
-    if args.smoke {
-        println!("\nsmoke run: every part ran (figures at these counts mean nothing)");
-    }
 }
 
 fn describe_machine(url: &str) {
@@ -430,14 +474,22 @@ impl CommandLoad<'_> {
     }
 }
 
+/// What the drain measured.
+struct Drain {
+    persisted: f64,
+    ceiling: f64,
+    max_rss_kb: u64,
+}
+
 /// Issues `events` coupons over 50 coupons, lets the persister drain them into a fresh MariaDB,
-/// then inserts the same rows with plain multi-row INSERTs: events/s for each.
+/// then inserts the same rows with plain multi-row INSERTs: events/s for each, and the
+/// persister's largest resident memory while draining.
 fn persister_vs_insert(
     runtime: &tokio::runtime::Runtime,
     bench: &Bench,
     url: &str,
     events: u64,
-) -> (f64, f64) {
+) -> Drain {
     let coupons = 50;
     let run = format!("persist:{}", bench.run);
     let workers = bench.connections.len() * 16;
@@ -472,7 +524,9 @@ fn persister_vs_insert(
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, u64)> = None;
     let mut stored = 0;
+    let mut max_rss_kb = 0;
     while stored < events {
+        max_rss_kb = max_rss_kb.max(persister.pid().map_or(0, lag::rss_kb));
         assert!(
             Instant::now() < deadline && persister.is_running(),
             "the persister stalled:\n{}",
@@ -523,5 +577,9 @@ fn persister_vs_insert(
         }
         events as f64 / started.elapsed().as_secs_f64()
     });
-    (persisted, ceiling)
+    Drain {
+        persisted,
+        ceiling,
+        max_rss_kb,
+    }
 }

@@ -109,10 +109,31 @@ async fn write_batch(
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_unstable_by(|a, b| plan::order(a, b));
 
-    let present = statements::lookup(tx, &sorted, &mut stats).await?;
-    let plan = plan::plan(&sorted, present);
+    // Fresh events (the common case) have no row yet: only the rows of revokes whose issue is
+    // not in the batch are looked up, the rest is inserted at once, and when an insert finds
+    // a row there after all (a replay, a reused seq), every row is looked up and planned
+    // again.
+    let lone_revokes = lone_revokes(&sorted);
+    let present = statements::lookup(tx, &lone_revokes, &mut stats).await?;
+    let mut plan = plan::plan(&sorted, present);
+    sqlx::query("SAVEPOINT fresh").execute(&mut **tx).await?;
+    match statements::insert_rows(tx, &plan.new_rows, &mut stats).await {
+        Ok(()) => {}
+        Err(error) if is_duplicate(&error) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT fresh")
+                .execute(&mut **tx)
+                .await?;
+            stats = CommitStats {
+                statements: stats.statements + 2,
+                ..CommitStats::default()
+            };
+            let present = statements::lookup(tx, &sorted, &mut stats).await?;
+            plan = plan::plan(&sorted, present);
+            statements::insert_rows(tx, &plan.new_rows, &mut stats).await?;
+        }
+        Err(error) => return Err(error),
+    }
     stats.duplicates += plan.duplicates;
-    statements::insert_rows(tx, &plan.new_rows, &mut stats).await?;
     statements::set_halves(tx, Op::Issue, &plan.set_issue, &mut stats).await?;
     statements::set_halves(tx, Op::Revoke, &plan.set_revoke, &mut stats).await?;
 
@@ -134,6 +155,25 @@ async fn write_batch(
     statements::advance_checkpoints(tx, group, &checkpoints, now_ms, &mut stats).await?;
     stats.refused = plan.refused;
     Ok(stats)
+}
+
+/// The revokes of `sorted` (in [`plan::order`]) whose issue is not in the batch.
+fn lone_revokes<'a>(sorted: &[&'a Event]) -> Vec<&'a Event> {
+    let mut lone = Vec::new();
+    let mut issued: Option<(&[u8], i64)> = None;
+    for event in sorted {
+        let key = (event.coupon.as_slice(), event.seq);
+        match event.op {
+            Op::Issue => issued = Some(key),
+            Op::Revoke if issued != Some(key) => lone.push(*event),
+            Op::Revoke => {}
+        }
+    }
+    lone
+}
+
+fn is_duplicate(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
 /// The highest entry ID of `stream` that `group` has committed.

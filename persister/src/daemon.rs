@@ -4,13 +4,14 @@
 
 use crate::config::Settings;
 use crate::db::migrate::{self, Failure};
-use crate::db::{redact, Db};
+use crate::db::{redact, Backend, Db};
 use crate::health;
 use crate::logging::Repeats;
 use crate::maintain::{MaintainConfig, Maintenance};
 use crate::metrics::Metrics;
 use crate::pipeline::read::{ReadConfig, Reader};
-use crate::pipeline::write::{WriteConfig, Writer};
+use crate::pipeline::settle::Settler;
+use crate::pipeline::write::{Committer, WriteConfig};
 use crate::pipeline::{Pipeline, Reads};
 use crate::policy::{Shutdown, Stopped, Until, Verdict};
 use anyhow::Context;
@@ -195,20 +196,29 @@ pub async fn run(
         shutdown.clone(),
         settings.retry().backoff(),
     );
-    let writer = Writer::new(
-        WriteConfig {
-            group: settings.group.clone(),
-            max_deliveries: settings.max_deliveries,
-            dead_letter_stream: settings.dead_letter_stream.clone(),
-            limits: settings.db_limits(),
-            retry: settings.retry(),
+    let config = WriteConfig {
+        group: settings.group.clone(),
+        max_deliveries: settings.max_deliveries,
+        dead_letter_stream: settings.dead_letter_stream.clone(),
+        limits: settings.db_limits(),
+        retry: settings.retry(),
+        // SQLite takes one writer at a time.
+        in_flight: match db.backend {
+            Backend::MySql => 2,
+            Backend::Sqlite => 1,
         },
-        db,
+    };
+    let (settle_tx, settle_rx) = mpsc::channel(4);
+    let settler = Settler::new(
+        config.clone(),
         write_conn,
-        metrics,
-        shutdown,
+        metrics.clone(),
+        shutdown.clone(),
     );
-    Pipeline::new(reads, writer).run().await;
+    let settler = tokio::spawn(settler.run(settle_rx));
+    let committer = Committer::new(config, db, metrics, shutdown);
+    Pipeline::new(reads, committer, settle_tx).run().await;
+    let _ = settler.await;
     let _ = maintenance.await;
     tracing::info!("persister stopped");
     Ok(())

@@ -1,6 +1,7 @@
 //! The pipeline: read → batch → commit → ack, one stage per module, driven here. The next
-//! batch is read while the previous one commits and is acknowledged, so Redis and the
-//! database work at the same time; batches still commit one after another.
+//! batch is read while earlier ones commit (up to two transactions at once, see
+//! [`write`]), and committed batches are acknowledged beside it (see [`settle`]), so Redis
+//! and the database work at the same time.
 //!
 //! Nothing slow but reading and writing runs here: finding streams, sampling, claiming
 //! schedules and trimming are maintenance's (see [`crate::maintain`]), which tells the
@@ -11,6 +12,7 @@ pub mod ack;
 pub mod batch;
 pub mod commit;
 pub mod read;
+pub mod settle;
 pub mod write;
 
 use crate::event::{RawEntry, StreamKey};
@@ -18,12 +20,13 @@ use crate::logging::Repeats;
 use crate::metrics::Metrics;
 use crate::policy::{Backoff, Shutdown};
 use batch::Batch;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use read::{Lost, ReadError, Reader, Vanished};
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use write::Writer;
+use write::{Committer, Written};
 
 /// Longest `XREADGROUP … BLOCK` while no batch is open: bounds how long SIGTERM waits for a
 /// read in flight and how late new streams are read.
@@ -53,29 +56,59 @@ pub struct Reads<C> {
     failures: Repeats,
 }
 
-pub struct Pipeline<R, W> {
+pub struct Pipeline<R> {
     reads: Reads<R>,
-    writer: Writer<W>,
+    committer: Committer,
+    /// To the settler: what each batch's commit did, in commit order.
+    settle: mpsc::Sender<Written>,
 }
 
-impl<R: ConnectionLike + Send, W: ConnectionLike + Send> Pipeline<R, W> {
-    pub fn new(reads: Reads<R>, writer: Writer<W>) -> Pipeline<R, W> {
-        Pipeline { reads, writer }
+impl<R: ConnectionLike + Send> Pipeline<R> {
+    pub fn new(
+        reads: Reads<R>,
+        committer: Committer,
+        settle: mpsc::Sender<Written>,
+    ) -> Pipeline<R> {
+        Pipeline {
+            reads,
+            committer,
+            settle,
+        }
     }
 
-    /// Runs until shutdown is asked, then commits what was read and returns.
+    /// Runs until shutdown is asked, then commits what was read and returns (dropping the
+    /// settler's channel once everything committed was handed over).
     pub async fn run(self) {
         let Pipeline {
             mut reads,
-            mut writer,
+            committer,
+            settle,
         } = self;
-        // Read, not yet committed: committed while the next batch is read.
-        let mut in_flight: Vec<RawEntry> = Vec::new();
+        let in_flight = committer.in_flight();
+        let mut commits = FuturesOrdered::new();
         while !reads.shutdown.requested() {
             reads.metrics.health.beat();
-            let entries = std::mem::take(&mut in_flight);
-            let (read, ()) = tokio::join!(reads.fill_batch(), writer.process(entries));
-            in_flight = match read {
+            while commits.len() >= in_flight {
+                if let Some(written) = commits.next().await {
+                    hand_over(&settle, written).await;
+                }
+            }
+            // Commits finishing meanwhile are handed over at once; the read is never
+            // cancelled (entries read and dropped would wait for a claim).
+            let read = {
+                let read = reads.fill_batch();
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(written) = commits.next(), if !commits.is_empty() => {
+                            hand_over(&settle, written).await;
+                        }
+                        read = &mut read => break read,
+                    }
+                }
+            };
+            let entries = match read {
                 Ok(batch) => {
                     reads.succeeded();
                     batch.into_entries()
@@ -85,16 +118,32 @@ impl<R: ConnectionLike + Send, W: ConnectionLike + Send> Pipeline<R, W> {
                     batch.into_entries()
                 }
             };
+            if !entries.is_empty() {
+                commits.push_back(committer.write(entries));
+            }
             reads.report_lost();
         }
-        tracing::info!("shutdown asked: finishing the batch in flight");
-        writer.process(in_flight).await;
+        tracing::info!("shutdown asked: finishing the batches in flight");
         // Read but not fitting the last batch: committed too, so nothing read stays pending.
         let carry = std::mem::take(&mut reads.carry);
         for batch in carry.chunks(reads.batch_size.max(1)) {
-            writer.process(batch.to_vec()).await;
+            while commits.len() >= in_flight {
+                if let Some(written) = commits.next().await {
+                    hand_over(&settle, written).await;
+                }
+            }
+            commits.push_back(committer.write(batch.to_vec()));
+        }
+        while let Some(written) = commits.next().await {
+            hand_over(&settle, written).await;
         }
         reads.report_lost();
+    }
+}
+
+async fn hand_over(settle: &mpsc::Sender<Written>, written: Written) {
+    if settle.send(written).await.is_err() {
+        tracing::warn!("the settler is gone: committed entries left unacknowledged");
     }
 }
 

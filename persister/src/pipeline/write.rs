@@ -1,8 +1,13 @@
-//! The write side of the pipeline: commits a batch (stage 3), acknowledges what was
-//! committed (stage 4), and deals with the entries that could not be written — left pending
-//! to be tried again, dead-lettered at their last delivery.
+//! Driving stage 3: commits batches — up to [`WriteConfig::in_flight`] at once, each in its
+//! own transaction — retrying while the database is unavailable, and sorting each batch's
+//! entries into written ones (to acknowledge) and failed ones (see [`super::settle`]).
+//!
+//! Two transactions in flight keep the database busy while the other one commits; they are
+//! safe together because every read that decides a write sees what the other committed:
+//! an insert meeting the other's row waits for it and then finds it (and the batch is
+//! looked up again), a lone revoke's lookup is a locking read, and checkpoints only move up.
 
-use super::ack::{self, Letter};
+use super::ack::Letter;
 use super::commit::plan::Refused;
 use super::commit::{commit_batch, CommitStats, Limits};
 use crate::db::{classify, error_label, Db, ErrorKind};
@@ -10,9 +15,8 @@ use crate::event::{EntryId, Event, Malformed, RawEntry, StreamKey};
 use crate::logging::Repeats;
 use crate::metrics::{now_ms, Metrics};
 use crate::policy::{RetryPolicy, Shutdown, Stopped, Until, Verdict};
-use redis::aio::ConnectionLike;
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Static settings of the write side.
@@ -23,11 +27,13 @@ pub struct WriteConfig {
     pub dead_letter_stream: String,
     pub limits: Limits,
     pub retry: RetryPolicy,
+    /// Batches committing at once (1 for SQLite, which takes one writer at a time).
+    pub in_flight: usize,
 }
 
 /// Why one entry was not written.
 #[derive(Debug, Clone)]
-enum Failure {
+pub enum Failure {
     Malformed(Malformed),
     Refused(Refused),
     /// The database refused its data (too long for a column…).
@@ -35,7 +41,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn letter(&self) -> Letter {
+    pub fn letter(&self) -> Letter {
         match self {
             Failure::Malformed(why) => Letter {
                 reason: why.to_string(),
@@ -63,11 +69,11 @@ impl Failure {
         }
     }
 
-    fn is_conflict(&self) -> bool {
+    pub fn is_conflict(&self) -> bool {
         matches!(self, Failure::Refused(refused) if refused.is_conflict())
     }
 
-    fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Failure::Malformed(_) => "bad_entry",
             Failure::Refused(refused) if refused.is_conflict() => "conflict",
@@ -75,6 +81,15 @@ impl Failure {
             Failure::Database(_) => "refused_by_database",
         }
     }
+}
+
+/// What became of a batch's entries.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Committed: to be acknowledged.
+    pub committed: Vec<(StreamKey, EntryId)>,
+    /// Not written: left pending, dead-lettered at their last delivery.
+    pub failed: Vec<(RawEntry, Failure)>,
 }
 
 /// The outcome of committing a set of events.
@@ -86,48 +101,48 @@ enum Commit {
     GaveUp,
 }
 
-pub struct Writer<C> {
+pub struct Committer {
     config: WriteConfig,
     db: Db,
-    conn: C,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
-    commit_failures: Repeats,
-    ack_failures: Repeats,
-    /// Streams whose `XACK` was refused, already logged.
-    refused_streams: HashSet<StreamKey>,
+    failures: Mutex<Repeats>,
 }
 
-/// Longest list of entries named one by one in a log line.
-const NAMED_IN_LOG: usize = 3;
-
-impl<C: ConnectionLike + Send> Writer<C> {
+impl Committer {
     pub fn new(
         config: WriteConfig,
         db: Db,
-        conn: C,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
-    ) -> Writer<C> {
-        Writer {
+    ) -> Committer {
+        Committer {
             config,
             db,
-            conn,
             metrics,
             shutdown,
-            commit_failures: Repeats::default(),
-            ack_failures: Repeats::default(),
-            refused_streams: HashSet::new(),
+            failures: Mutex::default(),
         }
     }
 
-    /// Commits a batch's events, acknowledges them, and deals with the ones that failed.
-    pub async fn process(&mut self, entries: Vec<RawEntry>) {
+    pub fn in_flight(&self) -> usize {
+        self.config.in_flight.max(1)
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Repeats> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Commits a batch's events; says which entries were written and which failed.
+    pub async fn write(&self, entries: Vec<RawEntry>) -> Written {
+        let mut written = Written::default();
         if entries.is_empty() {
-            return;
+            return written;
         }
         let mut events: Vec<Event> = Vec::with_capacity(entries.len());
-        let mut failed: Vec<(&RawEntry, Failure)> = Vec::new();
+        let mut failed: HashMap<(StreamKey, EntryId), Failure> = HashMap::new();
         for entry in &entries {
             match entry.parse() {
                 Ok(event) => events.push(event),
@@ -140,22 +155,18 @@ impl<C: ConnectionLike + Send> Writer<C> {
                          pending, not acknowledged"
                     );
                 }
-                Err(why) => failed.push((entry, Failure::Malformed(why))),
+                Err(why) => {
+                    failed.insert((entry.stream.clone(), entry.id), Failure::Malformed(why));
+                }
             }
         }
-
-        let by_id: HashMap<(&[u8], EntryId), &RawEntry> = entries
-            .iter()
-            .map(|entry| ((&*entry.stream, entry.id), entry))
-            .collect();
-        let mut committed: Vec<(StreamKey, EntryId)> = Vec::with_capacity(events.len());
         if !events.is_empty() {
             match self.commit(&events).await {
                 Commit::Done(stats) => {
                     self.record(&events, &stats);
-                    settle(&events, stats, &by_id, &mut committed, &mut failed);
+                    settle(&events, stats, &mut written.committed, &mut failed);
                 }
-                Commit::GaveUp => return,
+                Commit::GaveUp => events.clear(),
                 Commit::Refused(error) => {
                     tracing::warn!(
                         %error,
@@ -167,22 +178,26 @@ impl<C: ConnectionLike + Send> Writer<C> {
                         match self.commit(single).await {
                             Commit::Done(stats) => {
                                 self.record(single, &stats);
-                                settle(single, stats, &by_id, &mut committed, &mut failed);
+                                settle(single, stats, &mut written.committed, &mut failed);
                             }
                             Commit::GaveUp => break,
                             Commit::Refused(error) => {
-                                if let Some(entry) = by_id.get(&(&*event.stream, event.id)) {
-                                    failed.push((entry, Failure::Database(error.to_string())));
-                                }
+                                let why = Failure::Database(error.to_string());
+                                failed.insert((event.stream.clone(), event.id), why);
                             }
                         }
                     }
                 }
             }
         }
-
-        self.acknowledge(&committed).await;
-        self.failed_entries(failed).await;
+        if !failed.is_empty() {
+            for entry in entries {
+                if let Some(why) = failed.remove(&(entry.stream.clone(), entry.id)) {
+                    written.failed.push((entry, why));
+                }
+            }
+        }
+        written
     }
 
     fn record(&self, events: &[Event], stats: &CommitStats) {
@@ -214,13 +229,12 @@ impl<C: ConnectionLike + Send> Writer<C> {
     /// COMMIT are bounded by `--db-timeout-ms` and abandoned (rolled back) at the shutdown
     /// deadline; a COMMIT in flight is never cancelled by shutdown, only bounded by a long
     /// timeout.
-    async fn commit(&mut self, events: &[Event]) -> Commit {
-        let Writer {
+    async fn commit(&self, events: &[Event]) -> Commit {
+        let Committer {
             config,
             db,
             metrics,
             shutdown,
-            commit_failures,
             ..
         } = self;
         let attempt = || {
@@ -236,7 +250,7 @@ impl<C: ConnectionLike + Send> Writer<C> {
             }
             metrics.health.stage_failed("commit", error);
             metrics.retry("commit");
-            if let Some(unlogged) = commit_failures.note(Instant::now()) {
+            if let Some(unlogged) = self.failures().note(Instant::now()) {
                 tracing::warn!(
                     %error,
                     delay = ?failure.delay,
@@ -255,7 +269,7 @@ impl<C: ConnectionLike + Send> Writer<C> {
             Ok((stats, took)) => {
                 metrics.commit_seconds.observe(took.as_secs_f64());
                 metrics.health.stage_ok("commit");
-                let failures = commit_failures.clear();
+                let failures = self.failures().clear();
                 if failures > 0 {
                     tracing::info!(failures, "commits succeed again");
                 }
@@ -268,156 +282,15 @@ impl<C: ConnectionLike + Send> Writer<C> {
             }
         }
     }
-
-    /// `XACK` after COMMIT, retried while Redis is unavailable. Entries left unacknowledged
-    /// (out of time at shutdown) are delivered again and counted as duplicates.
-    async fn acknowledge(&mut self, committed: &[(StreamKey, EntryId)]) {
-        if committed.is_empty() {
-            return;
-        }
-        let Writer {
-            config,
-            conn,
-            metrics,
-            shutdown,
-            ack_failures,
-            ..
-        } = self;
-        let group = config.group.as_str();
-        let conn = tokio::sync::Mutex::new(conn);
-        let attempt = || async {
-            let mut conn = conn.lock().await;
-            ack::ack(&mut **conn, group, committed).await
-        };
-        let judge = |error: &redis::RedisError, failure: crate::policy::Failure| {
-            metrics.error("redis_ack");
-            metrics.retry("ack");
-            metrics.health.stage_failed("ack", error);
-            if let Some(unlogged) = ack_failures.note(Instant::now()) {
-                tracing::warn!(%error, delay = ?failure.delay, unlogged, "XACK failed; retrying");
-            }
-            Verdict::Retry
-        };
-        let result = config
-            .retry
-            .run(shutdown, Until::Deadline, attempt, judge)
-            .await;
-        match result {
-            Ok(acked) => {
-                metrics.acked.inc_by(acked.count);
-                metrics.health.stage_ok("ack");
-                if ack_failures.clear() > 0 {
-                    tracing::info!("XACK succeeds again");
-                }
-                for (stream, error) in acked.refused {
-                    if self.refused_streams.insert(stream.clone()) {
-                        tracing::warn!(
-                            stream = %String::from_utf8_lossy(&stream),
-                            %error,
-                            "the stream refused XACK (it is no longer a stream?): its committed \
-                             entries stay unacknowledged"
-                        );
-                    }
-                }
-            }
-            Err(error) => {
-                let (Stopped::Failed(error) | Stopped::ShutDown(error)) = error;
-                tracing::warn!(%error, "shutting down: committed entries left unacknowledged");
-            }
-        }
-    }
-
-    /// Entries that could not be written: dead-lettered once delivered `max_deliveries`
-    /// times, else left pending to be claimed and tried again. Logged and counted once per
-    /// entry (at its first delivery), and again when dead-lettered.
-    async fn failed_entries(&mut self, failed: Vec<(&RawEntry, Failure)>) {
-        if failed.is_empty() {
-            return;
-        }
-        let keys: Vec<(&[u8], EntryId)> = failed
-            .iter()
-            .map(|(entry, _)| (&*entry.stream, entry.id))
-            .collect();
-        let counts = match ack::delivery_counts(&mut self.conn, &self.config.group, &keys).await {
-            Ok(counts) => counts,
-            Err(error) => {
-                self.metrics.error("redis_pending");
-                tracing::warn!(%error, entries = failed.len(), "cannot read delivery counts");
-                return;
-            }
-        };
-        let mut first_seen: Vec<String> = Vec::new();
-        let mut first_count = 0usize;
-        for ((entry, failure), deliveries) in failed.iter().zip(counts) {
-            let Some(deliveries) = deliveries else {
-                continue;
-            };
-            let stream = String::from_utf8_lossy(&entry.stream);
-            let letter = failure.letter();
-            if deliveries <= 1 {
-                self.metrics.error(failure.label());
-                if failure.is_conflict() {
-                    self.metrics.conflicts.inc();
-                    tracing::error!(%stream, id = %entry.id, "ALARM: {}", letter.reason);
-                } else if !matches!(failure, Failure::Refused(_)) {
-                    first_count += 1;
-                    if first_seen.len() < NAMED_IN_LOG {
-                        first_seen.push(format!("{stream} {}: {}", entry.id, letter.reason));
-                    }
-                }
-            }
-            if deliveries < self.config.max_deliveries {
-                continue;
-            }
-            match ack::dead_letter(
-                &mut self.conn,
-                &self.config.dead_letter_stream,
-                &self.config.group,
-                entry,
-                &letter,
-                deliveries,
-            )
-            .await
-            {
-                Ok(()) => {
-                    self.metrics.dead_lettered.inc();
-                    tracing::error!(
-                        %stream, id = %entry.id, reason = %letter.reason, deliveries,
-                        dead_letter_stream = %self.config.dead_letter_stream,
-                        "entry dead-lettered"
-                    );
-                }
-                Err(error) => {
-                    self.metrics.error("redis_dead_letter");
-                    tracing::warn!(%error, %stream, id = %entry.id, "dead-lettering failed");
-                }
-            }
-        }
-        if first_count > 0 {
-            tracing::warn!(
-                entries = first_count,
-                max_deliveries = self.config.max_deliveries,
-                "entries cannot be persisted; left pending to be tried again, then \
-                 dead-lettered: {}{}",
-                first_seen.join("; "),
-                if first_count > first_seen.len() {
-                    format!("; and {} more", first_count - first_seen.len())
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
 }
 
 /// Sorts the events of a done commit: written ones are to be acknowledged, refused ones
 /// are failures (not acknowledged, dead-lettered in time).
-fn settle<'a>(
+fn settle(
     done: &[Event],
     stats: CommitStats,
-    by_id: &HashMap<(&[u8], EntryId), &'a RawEntry>,
     committed: &mut Vec<(StreamKey, EntryId)>,
-    failed: &mut Vec<(&'a RawEntry, Failure)>,
+    failed: &mut HashMap<(StreamKey, EntryId), Failure>,
 ) {
     if stats.refused.is_empty() {
         committed.extend(done.iter().map(|event| (event.stream.clone(), event.id)));
@@ -429,12 +302,11 @@ fn settle<'a>(
         .map(|refused| ((refused.stream.clone(), refused.id), refused))
         .collect();
     for event in done {
-        match refused.remove(&(event.stream.clone(), event.id)) {
-            None => committed.push((event.stream.clone(), event.id)),
+        let key = (event.stream.clone(), event.id);
+        match refused.remove(&key) {
+            None => committed.push(key),
             Some(refused) => {
-                if let Some(entry) = by_id.get(&(&*event.stream, event.id)) {
-                    failed.push((entry, Failure::Refused(refused)));
-                }
+                failed.insert(key, Failure::Refused(refused));
             }
         }
     }

@@ -25,7 +25,7 @@ use read::{Lost, ReadError, Reader, Vanished};
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use write::{Committer, Written};
 
 /// Longest `XREADGROUP … BLOCK` while no batch is open: bounds how long SIGTERM waits for a
@@ -86,6 +86,8 @@ impl<R: ConnectionLike + Send> Pipeline<R> {
         } = self;
         let in_flight = committer.in_flight();
         let mut commits = FuturesOrdered::new();
+        // Completes when the batch last started has finished.
+        let mut previous: Option<oneshot::Receiver<()>> = None;
         while !reads.shutdown.requested() {
             reads.metrics.health.beat();
             while commits.len() >= in_flight {
@@ -119,7 +121,8 @@ impl<R: ConnectionLike + Send> Pipeline<R> {
                 }
             };
             if !entries.is_empty() {
-                commits.push_back(committer.write(entries));
+                let (done, earlier) = chain(&mut previous);
+                commits.push_back(committer.write(entries, earlier, done));
             }
             reads.report_lost();
         }
@@ -132,13 +135,28 @@ impl<R: ConnectionLike + Send> Pipeline<R> {
                     hand_over(&settle, written).await;
                 }
             }
-            commits.push_back(committer.write(batch.to_vec()));
+            let (done, earlier) = chain(&mut previous);
+            commits.push_back(committer.write(batch.to_vec(), earlier, done));
         }
         while let Some(written) = commits.next().await {
             hand_over(&settle, written).await;
         }
         reads.report_lost();
     }
+}
+
+/// A signal for the batch about to start (dropped when it finishes), and the one of the
+/// batch before it to wait on.
+fn chain(
+    previous: &mut Option<oneshot::Receiver<()>>,
+) -> (oneshot::Sender<()>, oneshot::Receiver<()>) {
+    let (done, next) = oneshot::channel();
+    let earlier = previous.replace(next).unwrap_or_else(|| {
+        let (finished, earlier) = oneshot::channel();
+        drop(finished);
+        earlier
+    });
+    (done, earlier)
 }
 
 async fn hand_over(settle: &mpsc::Sender<Written>, written: Written) {

@@ -2,13 +2,14 @@
 //! own transaction — retrying while the database is unavailable, and sorting each batch's
 //! entries into written ones (to acknowledge) and failed ones (see [`super::settle`]).
 //!
-//! Two transactions in flight keep the database busy while the other one commits; they are
-//! safe together because every read that decides a write sees what the other committed:
-//! an insert meeting the other's row waits for it and then finds it (and the batch is
-//! looked up again), a lone revoke's lookup is a locking read, and checkpoints only move up.
+//! Two transactions in flight keep the database busy while the other one commits. They are
+//! safe together: an insert meeting a row of the other waits for it and then finds it (and
+//! the batch is looked up again); a revoke that finds no issue is tried once more after the
+//! batch before it has finished (its issue may have been there, uncommitted); checkpoints
+//! only move up.
 
 use super::ack::Letter;
-use super::commit::plan::Refused;
+use super::commit::plan::{Refusal, Refused};
 use super::commit::{commit_batch, CommitStats, Limits};
 use crate::db::{classify, error_label, Db, ErrorKind};
 use crate::event::{EntryId, Event, Malformed, RawEntry, StreamKey};
@@ -18,6 +19,7 @@ use crate::policy::{RetryPolicy, Shutdown, Stopped, Until, Verdict};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::oneshot;
 
 /// Static settings of the write side.
 #[derive(Debug, Clone)]
@@ -136,7 +138,15 @@ impl Committer {
     }
 
     /// Commits a batch's events; says which entries were written and which failed.
-    pub async fn write(&self, entries: Vec<RawEntry>) -> Written {
+    /// `earlier` completes when the batch before this one has finished (its sender dropped):
+    /// a revoke whose issue was not found is tried once more after it, as that issue may
+    /// have been in it, still uncommitted when this batch looked.
+    pub async fn write(
+        &self,
+        entries: Vec<RawEntry>,
+        earlier: oneshot::Receiver<()>,
+        done: oneshot::Sender<()>,
+    ) -> Written {
         let mut written = Written::default();
         if entries.is_empty() {
             return written;
@@ -164,7 +174,28 @@ impl Committer {
             match self.commit(&events).await {
                 Commit::Done(stats) => {
                     self.record(&events, &stats);
+                    let waiting: Vec<(StreamKey, EntryId)> = stats
+                        .refused
+                        .iter()
+                        .filter(|refused| refused.why == Refusal::NoIssue)
+                        .map(|refused| (refused.stream.clone(), refused.id))
+                        .collect();
                     settle(&events, stats, &mut written.committed, &mut failed);
+                    if !waiting.is_empty() {
+                        let _ = earlier.await;
+                        let again: Vec<Event> = events
+                            .iter()
+                            .filter(|event| waiting.contains(&(event.stream.clone(), event.id)))
+                            .cloned()
+                            .collect();
+                        if let Commit::Done(stats) = self.commit(&again).await {
+                            self.record(&again, &stats);
+                            for event in &again {
+                                failed.remove(&(event.stream.clone(), event.id));
+                            }
+                            settle(&again, stats, &mut written.committed, &mut failed);
+                        }
+                    }
                 }
                 Commit::GaveUp => events.clear(),
                 Commit::Refused(error) => {
@@ -190,6 +221,8 @@ impl Committer {
                 }
             }
         }
+        // This batch's transactions are over: the next one may look again.
+        drop(done);
         if !failed.is_empty() {
             for entry in entries {
                 if let Some(why) = failed.remove(&(entry.stream.clone(), entry.id)) {

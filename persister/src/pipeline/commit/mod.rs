@@ -9,7 +9,7 @@
 pub mod plan;
 pub mod statements;
 
-use crate::db::{Backend, Db};
+use crate::db::Db;
 use crate::event::{EntryId, Event, Op, StreamKey};
 use plan::Refused;
 use sqlx::{Any, Transaction};
@@ -80,7 +80,7 @@ pub async fn commit_batch(
 ) -> Result<CommitStats, sqlx::Error> {
     let write = async {
         let mut tx = db.pool.begin().await?;
-        let stats = write_batch(&mut tx, db.backend, group, events, now_ms).await?;
+        let stats = write_batch(&mut tx, group, events, now_ms).await?;
         Ok::<_, sqlx::Error>((tx, stats))
     };
     let (tx, stats) = tokio::select! {
@@ -101,7 +101,6 @@ pub async fn commit_batch(
 /// Everything of a batch before COMMIT.
 async fn write_batch(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
     group: &str,
     events: &[Event],
     now_ms: i64,
@@ -113,11 +112,9 @@ async fn write_batch(
     // Fresh events (the common case) have no row yet: only the rows of revokes whose issue is
     // not in the batch are looked up, the rest is inserted at once, and when an insert finds
     // a row there after all (a replay, a reused seq), every row is looked up and planned
-    // again. The revokes' lookup is a locking read on MySQL: their issue may be committing
-    // in the other transaction in flight.
+    // again.
     let lone_revokes = lone_revokes(&sorted);
-    let locking = backend == Backend::MySql;
-    let present = statements::lookup(tx, &lone_revokes, locking, &mut stats).await?;
+    let present = statements::lookup(tx, &lone_revokes, &mut stats).await?;
     let mut plan = plan::plan(&sorted, present);
     sqlx::query("SAVEPOINT fresh").execute(&mut **tx).await?;
     match statements::insert_rows(tx, &plan.new_rows, &mut stats).await {
@@ -130,7 +127,7 @@ async fn write_batch(
                 statements: stats.statements + 2,
                 ..CommitStats::default()
             };
-            let present = statements::lookup(tx, &sorted, false, &mut stats).await?;
+            let present = statements::lookup(tx, &sorted, &mut stats).await?;
             plan = plan::plan(&sorted, present);
             statements::insert_rows(tx, &plan.new_rows, &mut stats).await?;
         }

@@ -72,12 +72,10 @@ fn padded<T>(part: &[T], i: usize) -> &T {
 }
 
 /// What the database holds for the rows `events` (sorted by key) touch: one range per run
-/// of nearby seqs of a coupon, many ranges per statement. A `locking` read (MySQL only)
-/// waits for a transaction writing those rows and sees what it committed.
+/// of nearby seqs of a coupon, many ranges per statement.
 pub async fn lookup<'a>(
     tx: &mut Transaction<'static, Any>,
     events: &[&'a Event],
-    locking: bool,
     stats: &mut CommitStats,
 ) -> Result<HashMap<Key<'a>, Present>, sqlx::Error> {
     let mut ranges: Vec<(&'a [u8], i64, i64)> = Vec::new();
@@ -113,9 +111,6 @@ pub async fn lookup<'a>(
                 .push(" AND ")
                 .push_bind(high)
                 .push(")");
-        }
-        if locking {
-            select.push(" LOCK IN SHARE MODE");
         }
         let rows = select.build().fetch_all(&mut **tx).await?;
         stats.statements += 1;

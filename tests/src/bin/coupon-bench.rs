@@ -6,7 +6,7 @@ use clap::Parser;
 use coupon_layout::holders_in;
 use coupon_sdk::{Backend, Coupons, Outcome};
 use coupon_tests::load::{drive, scramble, LoadReport};
-use coupon_tests::{events_key, query_rows, Flavor, MariaDb, Persister, Server};
+use coupon_tests::{events_key, persister_path, query_rows, Flavor, MariaDb, Persister, Server};
 use redis::aio::MultiplexedConnection;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -96,11 +96,13 @@ fn main() {
         println!("\n## persister into MariaDB\n");
         let drain = persister_vs_insert(&runtime, &bench, &url, args.events);
         println!(
-            "persister: {:.0} events/s; raw multi-row INSERT: {:.0} rows/s; ratio {:.2}; \
-             persister memory (RSS) at most {:.1} MB while draining",
+            "persister: {:.0} events/s; raw multi-row INSERT: {:.0} rows/s (before {:.0}, \
+             after {:.0}); ratio {:.2}; persister memory (RSS) at most {:.1} MB while draining",
             drain.persisted,
-            drain.ceiling,
-            drain.persisted / drain.ceiling,
+            drain.ceiling(),
+            drain.ceilings[0],
+            drain.ceilings[1],
+            drain.persisted / drain.ceiling(),
             drain.max_rss_kb as f64 / 1024.0
         );
     }
@@ -477,13 +479,20 @@ impl CommandLoad<'_> {
 /// What the drain measured.
 struct Drain {
     persisted: f64,
-    ceiling: f64,
+    /// The raw INSERT before and after the drain (the machine's load can change meanwhile).
+    ceilings: [f64; 2],
     max_rss_kb: u64,
 }
 
+impl Drain {
+    fn ceiling(&self) -> f64 {
+        (self.ceilings[0] + self.ceilings[1]) / 2.0
+    }
+}
+
 /// Issues `events` coupons over 50 coupons, lets the persister drain them into a fresh MariaDB,
-/// then inserts the same rows with plain multi-row INSERTs: events/s for each, and the
-/// persister's largest resident memory while draining.
+/// and inserts the same rows with plain multi-row INSERTs just before and just after: events/s
+/// for each, and the persister's largest resident memory while draining.
 fn persister_vs_insert(
     runtime: &tokio::runtime::Runtime,
     bench: &Bench,
@@ -505,6 +514,23 @@ fn persister_vs_insert(
 
     let database = MariaDb::start();
     let database_url = database.url();
+    let status = Command::new(persister_path())
+        .args(["migrate", "--database-url", &database_url])
+        .status()
+        .expect("coupon-persister migrate");
+    assert!(status.success(), "migrating failed");
+    let rows: Vec<(String, i64, String, i64)> = (0..events)
+        .map(|i| {
+            (
+                format!("{run}:{}", i % coupons),
+                (i / coupons + 1) as i64,
+                format!("user-{i}"),
+                1_795_000_000_000 + i as i64,
+            )
+        })
+        .collect();
+    let before = raw_insert(runtime, &database, &rows, "ceiling_before");
+
     let started = Instant::now();
     let mut persister = Persister::start(
         url,
@@ -520,7 +546,7 @@ fn persister_vs_insert(
             .and_then(|rows| rows.first().and_then(|r| r.try_get::<i64, _>(0).ok()))
             .unwrap_or(0) as u64
     };
-    // Timed from the first committed row, so start-up and migrations do not count.
+    // Timed from the first committed row, so start-up does not count.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, u64)> = None;
     let mut stored = 0;
@@ -541,29 +567,36 @@ fn persister_vs_insert(
     let (since, already) = first.unwrap_or((started, 0));
     let persisted = (events - already) as f64 / since.elapsed().as_secs_f64().max(1e-3);
     persister.terminate(Duration::from_secs(10));
+    let after = raw_insert(runtime, &database, &rows, "ceiling_after");
+    Drain {
+        persisted,
+        ceilings: [before, after],
+        max_rss_kb,
+    }
+}
 
-    database.execute("CREATE TABLE coupon.issuance_ceiling LIKE coupon.coupon_issuance");
-    let rows: Vec<(String, i64, String, i64)> = (0..events)
-        .map(|i| {
-            (
-                format!("{run}:{}", i % coupons),
-                (i / coupons + 1) as i64,
-                format!("user-{i}"),
-                1_795_000_000_000 + i as i64,
-            )
-        })
-        .collect();
-    let ceiling = runtime.block_on(async {
+/// Rows/s of plain multi-row INSERTs (1,000 rows a statement, one transaction each, one
+/// connection) of `rows` into a fresh copy of the table.
+fn raw_insert(
+    runtime: &tokio::runtime::Runtime,
+    database: &MariaDb,
+    rows: &[(String, i64, String, i64)],
+    table: &str,
+) -> f64 {
+    database.execute(&format!(
+        "CREATE TABLE coupon.{table} LIKE coupon.coupon_issuance"
+    ));
+    runtime.block_on(async {
         let pool = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(1)
-            .connect(&database_url)
+            .connect(&database.url())
             .await
             .expect("connect to MariaDB");
         let started = Instant::now();
         for chunk in rows.chunks(1_000) {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO issuance_ceiling (coupon, seq, user, issued_at_ms, issue_entry_id) ",
-            );
+            let mut insert = sqlx::QueryBuilder::new(format!(
+                "INSERT INTO {table} (coupon, seq, user, issued_at_ms, issue_entry_id) "
+            ));
             insert.push_values(chunk, |mut row, (coupon, seq, user, ts)| {
                 row.push_bind(coupon.as_bytes())
                     .push_bind(seq)
@@ -575,11 +608,6 @@ fn persister_vs_insert(
             insert.build().execute(&mut *tx).await.expect("insert");
             tx.commit().await.expect("commit");
         }
-        events as f64 / started.elapsed().as_secs_f64()
-    });
-    Drain {
-        persisted,
-        ceiling,
-        max_rss_kb,
-    }
+        rows.len() as f64 / started.elapsed().as_secs_f64()
+    })
 }

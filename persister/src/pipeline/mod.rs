@@ -265,11 +265,12 @@ impl<C: ConnectionLike + Send> Reads<C> {
             };
             match read {
                 Ok(entries) => {
-                    for entry in &entries {
+                    if let Some(first) = entries.first() {
+                        // One read has one source.
                         self.metrics
                             .events_read
-                            .with_label_values(&[entry.source.label()])
-                            .inc();
+                            .with_label_values(&[first.source.label()])
+                            .inc_by(entries.len() as u64);
                     }
                     let rest = batch.extend(entries, Instant::now());
                     self.carry.extend(rest);

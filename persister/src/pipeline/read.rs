@@ -210,7 +210,7 @@ impl<C: ConnectionLike + Send> Reader<C> {
                 return self.isolate(&streams, error).await.map(|()| Vec::new());
             }
         };
-        let entries = reply::read_reply(&answer, Source::Pending)?;
+        let entries = reply::read_reply(answer, Source::Pending)?;
         // Streams that returned nothing are drained; the others go on after their last.
         let mut last: BTreeMap<&StreamKey, EntryId> = BTreeMap::new();
         for entry in &entries {
@@ -258,7 +258,7 @@ impl<C: ConnectionLike + Send> Reader<C> {
                 }
                 Err(error) => return Err(error.into()),
             };
-            let claimed = reply::claim_reply(&stream, &answer)?;
+            let claimed = reply::claim_reply(&stream, answer)?;
             if claimed.cursor == EntryId::ZERO {
                 self.claims.pop_front();
             } else if let Some(front) = self.claims.front_mut() {
@@ -312,7 +312,7 @@ impl<C: ConnectionLike + Send> Reader<C> {
             command.arg(">");
         }
         match command.query_async::<Value>(&mut self.conn).await {
-            Ok(answer) => Ok(reply::read_reply(&answer, Source::New)?),
+            Ok(answer) => Ok(reply::read_reply(answer, Source::New)?),
             Err(error) => {
                 let streams = chunk.to_vec();
                 self.isolate(&streams, error).await.map(|()| Vec::new())

@@ -1,9 +1,9 @@
 //! Command line: every flag can also come from an environment variable.
 
-use crate::commit::Limits;
 use crate::db::DEFAULT_DATABASE_URL;
+use crate::pipeline::commit::Limits;
+use crate::policy::RetryPolicy;
 use clap::{Args, Parser, Subcommand};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -39,9 +39,10 @@ pub struct Settings {
     )]
     pub redis_url: String,
 
-    /// mysql://user:pass@host/db, or sqlite:path (the default: a SQLite file here).
-    #[arg(long, env = "COUPON_PERSISTER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
-    pub database_url: String,
+    /// mysql://user:pass@host/db, or sqlite:path. Without it, `DATABASE_URL` is used if set;
+    /// else a SQLite file here (refused when another `*DATABASE_URL` variable is set).
+    #[arg(long, env = "COUPON_PERSISTER_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
 
     /// Consumer group: one per deployment; every process of a deployment shares it.
     #[arg(
@@ -94,7 +95,7 @@ pub struct Settings {
     )]
     pub dead_letter_stream: String,
 
-    /// Address of /metrics and /healthz; "off" serves nothing.
+    /// Address (host:port) of /metrics and /healthz; "off" serves nothing.
     #[arg(
         long,
         env = "COUPON_PERSISTER_METRICS_ADDR",
@@ -121,6 +122,17 @@ pub struct Settings {
         global = true
     )]
     pub discover_interval_ms: u64,
+
+    /// How often to sample the streams for the pending, backlog and oldest-entry gauges and
+    /// for entries idle long enough to claim, in ms.
+    #[arg(
+        long,
+        env = "COUPON_PERSISTER_SAMPLE_INTERVAL_MS",
+        default_value_t = 2_000,
+        value_parser = clap::value_parser!(u64).range(10..),
+        global = true
+    )]
+    pub sample_interval_ms: u64,
 
     /// How often to trim committed entries from the streams, in ms; 0 never trims.
     #[arg(
@@ -190,13 +202,53 @@ impl Settings {
         format!("{host}-{}", std::process::id())
     }
 
-    pub fn metrics_socket(&self) -> anyhow::Result<Option<SocketAddr>> {
-        if self.metrics_addr == "off" || self.metrics_addr.is_empty() {
-            return Ok(None);
+    /// The address to serve /metrics and /healthz on, unless "off".
+    pub fn metrics_addr(&self) -> Option<&str> {
+        match self.metrics_addr.as_str() {
+            "off" | "" => None,
+            addr => Some(addr),
         }
-        Ok(Some(self.metrics_addr.parse().map_err(|e| {
-            anyhow::anyhow!("--metrics-addr {:?}: {e}", self.metrics_addr)
-        })?))
+    }
+
+    /// The database URL to use, and where it came from. Without one given, `DATABASE_URL`
+    /// (the name most tools read) is used; the SQLite default only when no variable in the
+    /// environment looks like a database URL, so events never go to a file by mistake.
+    pub fn database_url(&self) -> anyhow::Result<(String, &'static str)> {
+        self.database_url_in(std::env::vars_os())
+    }
+
+    fn database_url_in(
+        &self,
+        environment: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> anyhow::Result<(String, &'static str)> {
+        if let Some(url) = &self.database_url {
+            return Ok((url.clone(), "--database-url"));
+        }
+        let mut others = Vec::new();
+        for (name, value) in environment {
+            let name = name.to_string_lossy().into_owned();
+            if value.is_empty() {
+                continue;
+            }
+            if name == "DATABASE_URL" {
+                let url = value
+                    .into_string()
+                    .map_err(|_| anyhow::anyhow!("DATABASE_URL is not valid UTF-8"))?;
+                return Ok((url, "DATABASE_URL"));
+            }
+            if name.ends_with("DATABASE_URL") {
+                others.push(name);
+            }
+        }
+        if !others.is_empty() {
+            others.sort();
+            anyhow::bail!(
+                "no database URL given, but {} is set: pass --database-url (or set \
+                 COUPON_PERSISTER_DATABASE_URL); not falling back to a SQLite file",
+                others.join(", ")
+            );
+        }
+        Ok((DEFAULT_DATABASE_URL.to_string(), "the default"))
     }
 
     pub fn linger(&self) -> Duration {
@@ -213,6 +265,17 @@ impl Settings {
 
     pub fn claim_idle(&self) -> Duration {
         Duration::from_millis(self.claim_idle_ms)
+    }
+
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy::new(
+            Duration::from_millis(100),
+            Duration::from_millis(self.backoff_max_ms),
+        )
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 }
 
@@ -245,5 +308,38 @@ mod tests {
         let longest = "é".repeat(MAX_GROUP_CHARS);
         let cli = Cli::try_parse_from(["coupon-persister", "--group", &longest]).expect("parses");
         assert!(cli.settings.validate().is_ok());
+    }
+
+    fn env(
+        vars: &[(&str, &str)],
+    ) -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
+        vars.iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn the_sqlite_default_is_never_taken_over_a_database_url_variable() {
+        let given = Cli::try_parse_from(["p", "--database-url", "mysql://h/db"]).expect("valid");
+        let url = given
+            .settings
+            .database_url_in(env(&[("DATABASE_URL", "mysql://x/y")]));
+        assert_eq!(url.expect("given").0, "mysql://h/db");
+        let none = Cli::try_parse_from(["p"]).expect("valid");
+        let url = none
+            .settings
+            .database_url_in(env(&[("DATABASE_URL", "mysql://x/y")]));
+        assert_eq!(
+            url.expect("from the environment"),
+            ("mysql://x/y".into(), "DATABASE_URL")
+        );
+        let url = none
+            .settings
+            .database_url_in(env(&[("APP_DATABASE_URL", "mysql://x/y")]));
+        let error = url.expect_err("refused").to_string();
+        assert!(error.contains("APP_DATABASE_URL"), "{error}");
+        let url = none.settings.database_url_in(env(&[("HOME", "/root")]));
+        assert_eq!(url.expect("default").0, DEFAULT_DATABASE_URL);
     }
 }

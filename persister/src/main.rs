@@ -1,58 +1,77 @@
 use clap::Parser;
 use coupon_persister::config::{Cli, Command};
-use coupon_persister::daemon::{self, Daemon};
-use coupon_persister::db::Db;
-use coupon_persister::metrics::{self, Metrics};
-use std::io::IsTerminal;
+use coupon_persister::db::redact;
+use coupon_persister::metrics::Metrics;
+use coupon_persister::policy::Shutdown;
+use coupon_persister::{daemon, http, logging};
+use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
+    logging::init();
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // One line that says what is wrong.
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
     settings.validate()?;
+    let (database_url, source) = settings.database_url()?;
+    if source == "the default" {
+        let file = std::env::current_dir()
+            .map(|dir| dir.join("coupon-persister.db").display().to_string())
+            .unwrap_or_else(|_| "coupon-persister.db".into());
+        tracing::warn!(%file, "no database URL given: writing to a SQLite file");
+    } else {
+        tracing::info!(database = %redact(&database_url), from = source, "database");
+    }
     let metrics = Arc::new(Metrics::new()?);
 
     if let Some(Command::Migrate) = cli.command {
-        let db = Db::open(&settings.database_url)?;
-        daemon::migrate(&db, &settings, &metrics, Duration::from_secs(30)).await?;
+        let wait = Duration::from_secs(60);
+        daemon::migrate_only(&settings, &database_url, &metrics, wait).await?;
         tracing::info!("migrations applied");
         return Ok(());
     }
 
-    let (stop, shutdown) = watch::channel(None);
+    // Bound before anything else: a port already taken stops the start.
+    let listener = match settings.metrics_addr() {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    let (trigger, shutdown) = Shutdown::new(settings.shutdown_grace());
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = interrupt.recv() => tracing::info!("SIGINT"),
-        }
-        let _ = stop.send(Some(Instant::now()));
-    });
-
-    if let Some(addr) = settings.metrics_socket()? {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(error) = metrics::serve(addr, metrics).await {
-                tracing::error!(%error, "the metrics server stopped");
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = interrupt.recv() => tracing::info!("SIGINT"),
             }
-        });
+            trigger.fire();
+        }
+    });
+    if let Some(listener) = listener {
+        tokio::spawn(http::serve(listener, metrics.clone()));
     }
-
-    match Daemon::start(settings, metrics, shutdown).await? {
-        Some(daemon) => daemon.run().await,
-        None => Ok(()),
-    }
+    daemon::run(settings, database_url, metrics, shutdown).await
 }

@@ -1,18 +1,11 @@
-//! Prometheus metrics and the `/metrics` + `/healthz` HTTP endpoints.
+//! Prometheus metrics, and the health state `/healthz` reports.
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use crate::health::Health;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -30,11 +23,12 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub lag_seconds: Histogram,
     pub pending: IntGauge,
+    pub backlog: IntGauge,
+    pub oldest_seconds: Gauge,
     pub streams: IntGauge,
-    /// Whether the last database and Redis calls succeeded.
-    healthy: AtomicBool,
-    /// Unix ms of the main loop's last turn.
-    heartbeat_ms: AtomicI64,
+    pub streams_ignored: IntGauge,
+    pub up: IntGaugeVec,
+    pub health: Health,
 }
 
 type MetricResult<T> = Result<T, prometheus::Error>;
@@ -53,6 +47,12 @@ fn counter(r: &Registry, name: &str, help: &str) -> MetricResult<IntCounter> {
 
 fn gauge(r: &Registry, name: &str, help: &str) -> MetricResult<IntGauge> {
     let metric = IntGauge::new(name, help)?;
+    r.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge_f64(r: &Registry, name: &str, help: &str) -> MetricResult<Gauge> {
+    let metric = Gauge::new(name, help)?;
     r.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
@@ -143,20 +143,50 @@ impl Metrics {
                 r,
                 "coupon_persister_lag_seconds",
                 "End-to-end lag: commit time minus the event's time",
-                prometheus::exponential_buckets(0.005, 2.0, 16)?,
+                vec![
+                    0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0,
+                    10.0, 30.0, 60.0, 300.0,
+                ],
             )?,
             pending: gauge(
                 r,
                 "coupon_persister_stream_pending",
-                "Entries pending in the consumer group, over all streams (sampled)",
+                "Entries delivered to the consumer group and not yet acknowledged, over all \
+                 streams (sampled every --sample-interval-ms)",
+            )?,
+            backlog: gauge(
+                r,
+                "coupon_persister_backlog",
+                "Entries not yet delivered to the consumer group, over all streams (sampled)",
+            )?,
+            oldest_seconds: gauge_f64(
+                r,
+                "coupon_persister_oldest_unpersisted_seconds",
+                "Age of the oldest entry not yet persisted and acknowledged (pending or not yet \
+                 delivered), 0 when there is none (sampled)",
             )?,
             streams: gauge(
                 r,
                 "coupon_persister_streams",
                 "Coupon event streams being read",
             )?,
-            healthy: AtomicBool::new(true),
-            heartbeat_ms: AtomicI64::new(now_ms()),
+            streams_ignored: gauge(
+                r,
+                "coupon_persister_streams_ignored",
+                "Streams matching --stream-pattern that are not coupon event streams",
+            )?,
+            up: {
+                let metric = IntGaugeVec::new(
+                    Opts::new(
+                        "coupon_persister_up",
+                        "Whether the dependency answered its last health probe (1) or not (0)",
+                    ),
+                    &["dependency"],
+                )?;
+                r.register(Box::new(metric.clone()))?;
+                metric
+            },
+            health: Health::default(),
             registry,
         })
     }
@@ -169,63 +199,9 @@ impl Metrics {
         self.retries.with_label_values(&[stage]).inc();
     }
 
-    pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
-    }
-
-    pub fn beat(&self) {
-        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// Healthy when the last calls succeeded and the loop turned within `stall`.
-    pub fn health(&self, stall: Duration) -> Result<(), &'static str> {
-        if !self.healthy.load(Ordering::Relaxed) {
-            return Err("a dependency is failing; retrying");
-        }
-        let age = now_ms() - self.heartbeat_ms.load(Ordering::Relaxed);
-        if age > i64::try_from(stall.as_millis()).unwrap_or(i64::MAX) {
-            return Err("the main loop is stalled");
-        }
-        Ok(())
-    }
-
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
-}
-
-async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.render() {
-        Ok(text) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            text,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            e.to_string(),
-        ),
-    }
-}
-
-async fn health_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.health(Duration::from_secs(60)) {
-        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-    }
-}
-
-/// Serves `/metrics` and `/healthz` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(health_handler))
-        .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics and /healthz");
-    axum::serve(listener, app).await?;
-    Ok(())
 }

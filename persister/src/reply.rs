@@ -64,21 +64,51 @@ pub fn pairs(value: &Value) -> Result<Vec<(&Value, &Value)>, BadReply> {
     }
 }
 
+/// The bytes of a string reply, moved out of it (replies of thousands of entries are not
+/// copied twice).
+fn into_bytes(value: Value) -> Result<Vec<u8>, BadReply> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        other => bytes(&other),
+    }
+}
+
+/// The items of an array reply, moved out of it.
+fn into_items(value: Value) -> Result<Vec<Value>, BadReply> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(bad("expected an array", &other)),
+    }
+}
+
 /// One `[id, [field, value, …] | nil]` entry.
-pub fn entry(stream: &StreamKey, value: &Value, source: Source) -> Result<RawEntry, BadReply> {
-    let parts = items(value)?;
-    let [id, fields] = parts else {
-        return Err(bad("expected [id, fields]", value));
+pub fn entry(stream: &StreamKey, value: Value, source: Source) -> Result<RawEntry, BadReply> {
+    let mut parts = into_items(value)?.into_iter();
+    let (Some(id), Some(fields), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(BadReply("expected [id, fields]".into()));
     };
-    let id = entry_id(id)?;
+    let id = entry_id(&id)?;
     let fields = match fields {
         Value::Nil => None,
-        other => Some(
-            pairs(other)?
+        Value::Map(pairs) => Some(
+            pairs
                 .into_iter()
-                .map(|(k, v)| Ok((bytes(k)?, bytes(v)?)))
+                .map(|(k, v)| Ok((into_bytes(k)?, into_bytes(v)?)))
                 .collect::<Result<Vec<_>, BadReply>>()?,
         ),
+        other => {
+            let items = into_items(other)?;
+            if items.len() % 2 != 0 {
+                return Err(BadReply("expected field/value pairs".into()));
+            }
+            let mut pairs = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                pairs.push((into_bytes(k)?, into_bytes(v)?));
+            }
+            Some(pairs)
+        }
     };
     Ok(RawEntry {
         stream: stream.clone(),
@@ -89,22 +119,27 @@ pub fn entry(stream: &StreamKey, value: &Value, source: Source) -> Result<RawEnt
 }
 
 /// An `XREADGROUP` reply: `[[stream, [entry…]]…]`, a RESP3 map, or nil on timeout.
-pub fn read_reply(value: &Value, source: Source) -> Result<Vec<RawEntry>, BadReply> {
-    let streams: Vec<(&Value, &Value)> = match value {
+pub fn read_reply(value: Value, source: Source) -> Result<Vec<RawEntry>, BadReply> {
+    let streams: Vec<(Value, Value)> = match value {
         Value::Nil => return Ok(Vec::new()),
-        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
-        other => items(other)?
-            .iter()
-            .map(|pair| match items(pair)? {
-                [name, entries] => Ok((name, entries)),
-                _ => Err(bad("expected [stream, entries]", pair)),
+        Value::Map(pairs) => pairs,
+        other => into_items(other)?
+            .into_iter()
+            .map(|pair| {
+                let mut parts = into_items(pair)?.into_iter();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(name), Some(entries), None) => Ok((name, entries)),
+                    _ => Err(BadReply("expected [stream, entries]".into())),
+                }
             })
             .collect::<Result<_, _>>()?,
     };
     let mut out = Vec::new();
     for (name, entries) in streams {
-        let stream: StreamKey = Arc::from(bytes(name)?);
-        for value in items(entries)? {
+        let stream: StreamKey = Arc::from(into_bytes(name)?);
+        let entries = into_items(entries)?;
+        out.reserve(entries.len());
+        for value in entries {
             out.push(entry(&stream, value, source)?);
         }
     }
@@ -118,21 +153,21 @@ pub struct Claimed {
     pub deleted: Vec<EntryId>,
 }
 
-pub fn claim_reply(stream: &StreamKey, value: &Value) -> Result<Claimed, BadReply> {
-    let parts = items(value)?;
-    let (cursor, entries, deleted) = match parts {
-        [cursor, entries] => (cursor, entries, None),
-        [cursor, entries, deleted] => (cursor, entries, Some(deleted)),
-        _ => return Err(bad("expected an XAUTOCLAIM reply", value)),
+pub fn claim_reply(stream: &StreamKey, value: Value) -> Result<Claimed, BadReply> {
+    let mut parts = into_items(value)?.into_iter();
+    let (Some(cursor), Some(entries), deleted, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(BadReply("expected an XAUTOCLAIM reply".into()));
     };
     Ok(Claimed {
-        cursor: entry_id(cursor)?,
-        entries: items(entries)?
-            .iter()
+        cursor: entry_id(&cursor)?,
+        entries: into_items(entries)?
+            .into_iter()
             .map(|v| entry(stream, v, crate::event::Source::Claimed))
             .collect::<Result<_, _>>()?,
         deleted: match deleted {
-            Some(list) => items(list)?
+            Some(list) => items(&list)?
                 .iter()
                 .map(entry_id)
                 .collect::<Result<_, _>>()?,
@@ -161,15 +196,13 @@ mod tests {
                 Value::Array(vec![bulk("1-2"), Value::Nil]),
             ]),
         ])]);
-        let entries = read_reply(&reply, Source::Pending).expect("valid");
+        let entries = read_reply(reply, Source::Pending).expect("valid");
         assert_eq!(entries.len(), 2);
         assert_eq!(&*entries[0].stream, b"{a}:events");
         assert_eq!(entries[0].id, EntryId { ms: 1, seq: 1 });
         assert!(entries[0].fields.is_some());
         assert!(entries[1].fields.is_none());
-        assert!(read_reply(&Value::Nil, Source::New)
-            .expect("nil")
-            .is_empty());
+        assert!(read_reply(Value::Nil, Source::New).expect("nil").is_empty());
     }
 
     #[test]
@@ -183,7 +216,7 @@ mod tests {
             ])]),
             Value::Array(vec![bulk("2-0")]),
         ]);
-        let claimed = claim_reply(&stream, &reply).expect("valid");
+        let claimed = claim_reply(&stream, reply).expect("valid");
         assert_eq!(claimed.cursor, EntryId::ZERO);
         assert_eq!(claimed.entries.len(), 1);
         assert_eq!(claimed.deleted, vec![EntryId { ms: 2, seq: 0 }]);

@@ -37,12 +37,24 @@ pub struct Persister {
     metrics_port: u16,
     runs: usize,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Persister {
     /// Starts one against `redis_url` and `database_url`; `flags` (name without `--`,
     /// value) override the defaults.
     pub fn start(redis_url: &str, database_url: &str, flags: &[(&str, &str)]) -> Persister {
+        Persister::start_with_env(redis_url, Some(database_url), flags, &[])
+    }
+
+    /// Like [`Persister::start`], but without `--database-url` when `database_url` is `None`
+    /// (the persister then decides from its environment), and with `env` set.
+    pub fn start_with_env(
+        redis_url: &str,
+        database_url: Option<&str>,
+        flags: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Persister {
         let metrics_port = free_port();
         let metrics_addr = format!("127.0.0.1:{metrics_port}");
         let mut settings: BTreeMap<String, String> = DEFAULTS
@@ -50,7 +62,9 @@ impl Persister {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         settings.insert("redis-url".into(), redis_url.into());
-        settings.insert("database-url".into(), database_url.into());
+        if let Some(database_url) = database_url {
+            settings.insert("database-url".into(), database_url.into());
+        }
         settings.insert("metrics-addr".into(), metrics_addr);
         for (name, value) in flags {
             settings.insert(name.to_string(), value.to_string());
@@ -69,6 +83,10 @@ impl Persister {
             metrics_port,
             runs: 0,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         persister.launch();
         persister
@@ -82,6 +100,7 @@ impl Persister {
             .args(&self.args)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info,coupon_persister=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -127,6 +146,23 @@ impl Persister {
         let _ = child.kill();
         let _ = child.wait();
         None
+    }
+
+    /// Waits up to `limit` for the process to exit by itself: its status, or `None`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The directory it runs in (where a default SQLite file would go).
+    pub fn work_dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Whether the process is still running.

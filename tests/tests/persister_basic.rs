@@ -92,8 +92,10 @@ fn xadd(conn: &mut redis::Connection, stream: &[u8], fields: &[(&str, &[u8])]) -
     cmd.query(conn).expect("XADD")
 }
 
-/// Another consumer can commit a revoke before the issue it undoes: the row must end up
-/// issued and revoked, whatever the order and whether they share a batch.
+/// A revoke can be read before the issue it undoes (another consumer holds the issue, or it
+/// is claimed): it is written only with its issue — it waits, pending, until the issue is
+/// persisted — and the row ends up issued and revoked, whatever the order and whether they
+/// share a batch.
 fn revoke_before_issue(db: TestDb) {
     let server = Server::start(Flavor::Redis);
     let mut conn = server.connect();
@@ -109,6 +111,13 @@ fn revoke_before_issue(db: TestDb) {
         let borrowed: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         xadd(conn, &stream, &borrowed);
     };
+    // The coupon's key, as the module leaves it (only a coupon's stream is read).
+    let _: () = redis::cmd("HSET")
+        .arg("early")
+        .arg("")
+        .arg(3)
+        .query(&mut conn)
+        .expect("HSET");
     // seq 1: revoke then issue, one entry per batch; seq 2: both in one batch (second run).
     add(&mut conn, event("revoke", b"ann", "1"));
     add(&mut conn, event("issue", b"ann", "1"));

@@ -1,7 +1,8 @@
+-- Written to be re-run: a first start killed half-way through it is repaired by running it
+-- again (see src/db/migrate.rs).
 -- One row per (coupon, seq): issued when the issue event landed, revoked when the revoke did.
--- A revoke that lands first creates the row with only its revoke columns set; the issue event
--- fills in the rest. Times are unix milliseconds from the Redis server's clock.
-CREATE TABLE coupon_issuance (
+-- Times are unix milliseconds from the Redis server's clock (the entries' IDs).
+CREATE TABLE IF NOT EXISTS coupon_issuance (
     coupon VARBINARY(512) NOT NULL,
     seq BIGINT NOT NULL,
     user VARBINARY(512) NOT NULL,
@@ -14,7 +15,7 @@ CREATE TABLE coupon_issuance (
 ) ENGINE = InnoDB;
 
 -- The highest stream entry ID committed, per consumer group and stream.
-CREATE TABLE coupon_checkpoint (
+CREATE TABLE IF NOT EXISTS coupon_checkpoint (
     consumer_group VARCHAR(255) NOT NULL,
     stream VARBINARY(600) NOT NULL,
     last_ms BIGINT NOT NULL,

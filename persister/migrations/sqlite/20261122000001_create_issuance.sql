@@ -1,5 +1,5 @@
--- Same schema as migrations/mysql, in SQLite's types.
-CREATE TABLE coupon_issuance (
+-- Same schema as migrations/mysql, in SQLite's types; re-runnable like it.
+CREATE TABLE IF NOT EXISTS coupon_issuance (
     coupon BLOB NOT NULL,
     seq INTEGER NOT NULL,
     user BLOB NOT NULL,
@@ -9,9 +9,9 @@ CREATE TABLE coupon_issuance (
     revoke_entry_id TEXT NULL,
     PRIMARY KEY (coupon, seq)
 );
-CREATE INDEX coupon_issuance_user ON coupon_issuance (coupon, user);
+CREATE INDEX IF NOT EXISTS coupon_issuance_user ON coupon_issuance (coupon, user);
 
-CREATE TABLE coupon_checkpoint (
+CREATE TABLE IF NOT EXISTS coupon_checkpoint (
     consumer_group TEXT NOT NULL,
     stream BLOB NOT NULL,
     last_ms INTEGER NOT NULL,

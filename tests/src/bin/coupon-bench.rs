@@ -6,13 +6,16 @@ use clap::Parser;
 use coupon_layout::holders_in;
 use coupon_sdk::{Backend, Coupons, Outcome};
 use coupon_tests::load::{drive, scramble, LoadReport};
-use coupon_tests::{events_key, query_rows, Flavor, MariaDb, Persister, Server};
+use coupon_tests::{events_key, persister_path, query_rows, Flavor, MariaDb, Persister, Server};
 use redis::aio::MultiplexedConnection;
 use sqlx::Row;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "coupon-bench/lag.rs"]
+mod lag;
 
 /// The state of the art this project replaces: SISMEMBER/SCARD/SADD plus a queue, in Lua.
 const SEEDS_SCRIPT: &str = "\
@@ -50,6 +53,18 @@ struct Args {
     /// Events the persister drains into MariaDB (0 skips that part).
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Only the persister's parts (the drain and the lag at a steady rate).
+    #[arg(long)]
+    persister_only: bool,
+    /// Events per second of the persister's lag run (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    lag_rate: u64,
+    /// Seconds the steady rate is held (after a warm-up of a fifth of that).
+    #[arg(long, default_value_t = 30)]
+    lag_seconds: u64,
+    /// Numbers of coupons the lag run spreads the events over, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    lag_coupons: Vec<u64>,
     /// Tiny counts: checks that every part works, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -59,6 +74,7 @@ fn main() {
     let mut args = Args::parse();
     if args.smoke {
         (args.requests, args.attempts, args.events, args.holders) = (2_000, 5_000, 3_000, 500);
+        (args.lag_rate, args.lag_seconds, args.lag_coupons) = (2_000, 5, vec![100]);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -76,13 +92,52 @@ fn main() {
     describe_machine(&url);
 
     let bench = runtime.block_on(Bench::connect(&url, args.connections));
+    if !args.persister_only {
+        commands_and_sale(&runtime, &bench, &url, &args);
+    }
+
+    if args.events > 0 {
+        println!("\n## persister into MariaDB\n");
+        let drain = persister_vs_insert(&runtime, &bench, &url, args.events);
+        println!(
+            "persister: {:.0} events/s; raw multi-row INSERT: {:.0} rows/s (before {:.0}, \
+             after {:.0}); ratio {:.2}; persister memory (RSS) at most {:.1} MB while draining",
+            drain.persisted,
+            drain.ceiling(),
+            drain.ceilings[0],
+            drain.ceilings[1],
+            drain.persisted / drain.ceiling(),
+            drain.max_rss_kb as f64 / 1024.0
+        );
+    }
+    if args.lag_rate > 0 && args.lag_seconds > 0 {
+        println!("\n## persister lag at a steady rate\n");
+        for coupons in &args.lag_coupons {
+            let lag = lag::at_steady_rate(
+                &runtime,
+                &bench,
+                &url,
+                args.lag_rate,
+                *coupons,
+                Duration::from_secs(args.lag_seconds),
+            );
+            println!("{lag}");
+        }
+    }
+    if args.smoke {
+        println!("\nsmoke run: every part ran (figures at these counts mean nothing)");
+    }
+}
+
+/// The command benchmarks and the flash sale through the SDK.
+fn commands_and_sale(runtime: &tokio::runtime::Runtime, bench: &Bench, url: &str, args: &Args) {
     for (mode, in_flight) in [("pipelined", args.in_flight), ("unpipelined", 1)] {
         println!(
             "\n## {mode}: {} connections x {in_flight} in flight (redis-benchmark)\n",
             args.connections
         );
         let load = CommandLoad {
-            url: &url,
+            url,
             connections: args.connections,
             pipeline: in_flight,
             requests: args.requests,
@@ -121,15 +176,6 @@ fn main() {
         "memory per holder: {:.1} bytes with its issue event in the stream, {:.1} bytes once the persister has trimmed it",
         memory.with_events, memory.trimmed
     );
-
-    if args.events > 0 {
-        println!("\n## persister into MariaDB\n");
-        let (persisted, ceiling) = persister_vs_insert(&runtime, &bench, &url, args.events);
-        println!("persister: {persisted:.0} events/s; raw multi-row INSERT: {ceiling:.0} rows/s; ratio {:.2}", persisted / ceiling);
-    }
-    if args.smoke {
-        println!("\nsmoke run: every part ran (figures at these counts mean nothing)");
-    }
 }
 
 fn describe_machine(url: &str) {
@@ -595,14 +641,29 @@ impl CommandLoad<'_> {
     }
 }
 
+/// What the drain measured.
+struct Drain {
+    persisted: f64,
+    /// The raw INSERT before and after the drain (the machine's load can change meanwhile).
+    ceilings: [f64; 2],
+    max_rss_kb: u64,
+}
+
+impl Drain {
+    fn ceiling(&self) -> f64 {
+        (self.ceilings[0] + self.ceilings[1]) / 2.0
+    }
+}
+
 /// Issues `events` coupons over 50 coupons, lets the persister drain them into a fresh MariaDB,
-/// then inserts the same rows with plain multi-row INSERTs: events/s for each.
+/// and inserts the same rows with plain multi-row INSERTs just before and just after: events/s
+/// for each, and the persister's largest resident memory while draining.
 fn persister_vs_insert(
     runtime: &tokio::runtime::Runtime,
     bench: &Bench,
     url: &str,
     events: u64,
-) -> (f64, f64) {
+) -> Drain {
     let coupons = 50;
     let run = format!("persist:{}", bench.run);
     let workers = bench.connections.len() * 16;
@@ -618,6 +679,23 @@ fn persister_vs_insert(
 
     let database = MariaDb::start();
     let database_url = database.url();
+    let status = Command::new(persister_path())
+        .args(["migrate", "--database-url", &database_url])
+        .status()
+        .expect("coupon-persister migrate");
+    assert!(status.success(), "migrating failed");
+    let rows: Vec<(String, i64, String, i64)> = (0..events)
+        .map(|i| {
+            (
+                format!("{run}:{}", i % coupons),
+                (i / coupons + 1) as i64,
+                format!("user-{i}"),
+                1_795_000_000_000 + i as i64,
+            )
+        })
+        .collect();
+    let before = raw_insert(runtime, &database, &rows, "ceiling_before");
+
     let started = Instant::now();
     let mut persister = Persister::start(
         url,
@@ -633,11 +711,13 @@ fn persister_vs_insert(
             .and_then(|rows| rows.first().and_then(|r| r.try_get::<i64, _>(0).ok()))
             .unwrap_or(0) as u64
     };
-    // Timed from the first committed row, so start-up and migrations do not count.
+    // Timed from the first committed row, so start-up does not count.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, u64)> = None;
     let mut stored = 0;
+    let mut max_rss_kb = 0;
     while stored < events {
+        max_rss_kb = max_rss_kb.max(persister.pid().map_or(0, lag::rss_kb));
         assert!(
             Instant::now() < deadline && persister.is_running(),
             "the persister stalled:\n{}",
@@ -652,29 +732,36 @@ fn persister_vs_insert(
     let (since, already) = first.unwrap_or((started, 0));
     let persisted = (events - already) as f64 / since.elapsed().as_secs_f64().max(1e-3);
     persister.terminate(Duration::from_secs(10));
+    let after = raw_insert(runtime, &database, &rows, "ceiling_after");
+    Drain {
+        persisted,
+        ceilings: [before, after],
+        max_rss_kb,
+    }
+}
 
-    database.execute("CREATE TABLE coupon.issuance_ceiling LIKE coupon.coupon_issuance");
-    let rows: Vec<(String, i64, String, i64)> = (0..events)
-        .map(|i| {
-            (
-                format!("{run}:{}", i % coupons),
-                (i / coupons + 1) as i64,
-                format!("user-{i}"),
-                1_795_000_000_000 + i as i64,
-            )
-        })
-        .collect();
-    let ceiling = runtime.block_on(async {
+/// Rows/s of plain multi-row INSERTs (1,000 rows a statement, one transaction each, one
+/// connection) of `rows` into a fresh copy of the table.
+fn raw_insert(
+    runtime: &tokio::runtime::Runtime,
+    database: &MariaDb,
+    rows: &[(String, i64, String, i64)],
+    table: &str,
+) -> f64 {
+    database.execute(&format!(
+        "CREATE TABLE coupon.{table} LIKE coupon.coupon_issuance"
+    ));
+    runtime.block_on(async {
         let pool = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(1)
-            .connect(&database_url)
+            .connect(&database.url())
             .await
             .expect("connect to MariaDB");
         let started = Instant::now();
         for chunk in rows.chunks(1_000) {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO issuance_ceiling (coupon, seq, user, issued_at_ms, issue_entry_id) ",
-            );
+            let mut insert = sqlx::QueryBuilder::new(format!(
+                "INSERT INTO {table} (coupon, seq, user, issued_at_ms, issue_entry_id) "
+            ));
             insert.push_values(chunk, |mut row, (coupon, seq, user, ts)| {
                 row.push_bind(coupon.as_bytes())
                     .push_bind(seq)
@@ -686,7 +773,6 @@ fn persister_vs_insert(
             insert.build().execute(&mut *tx).await.expect("insert");
             tx.commit().await.expect("commit");
         }
-        events as f64 / started.elapsed().as_secs_f64()
-    });
-    (persisted, ceiling)
+        rows.len() as f64 / started.elapsed().as_secs_f64()
+    })
 }

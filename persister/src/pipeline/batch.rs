@@ -1,7 +1,8 @@
 //! Stage 2, batch: gathers read entries until the batch is full or has lingered long enough.
-//! An entry seen twice (drained and claimed in one batch) is kept once.
+//! An entry seen twice (drained and claimed in one batch) is kept once; new entries (never
+//! delivered before) cannot have been seen, so they are not looked up.
 
-use crate::event::{EntryId, RawEntry, StreamKey};
+use crate::event::{EntryId, RawEntry, Source, StreamKey};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,9 @@ impl Batch {
         for entry in entries {
             if self.is_full() {
                 rest.push(entry);
-            } else if self.seen.insert((entry.stream.clone(), entry.id)) {
+            } else if entry.source == Source::New
+                || self.seen.insert((entry.stream.clone(), entry.id))
+            {
                 self.opened.get_or_insert(now);
                 self.entries.push(entry);
             }
@@ -79,7 +82,6 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Source;
     use std::sync::Arc;
 
     fn entries(ids: &[u64]) -> Vec<RawEntry> {
@@ -89,7 +91,7 @@ mod tests {
                 stream: stream.clone(),
                 id: EntryId { ms: *ms, seq: 0 },
                 fields: None,
-                source: Source::New,
+                source: Source::Pending,
             })
             .collect()
     }

@@ -1,0 +1,210 @@
+//! Finding the coupon event streams: `SCAN` for streams matching the pattern, then adopt
+//! only those a coupon has — named as a coupon's stream is (`K:events{K}`, or `K:events`
+//! for a key with a hash tag) *and* whose coupon key is a coupon (a hash holding the last
+//! seq under the empty field), or that already carry our group (joined before, maybe with
+//! entries left after the coupon went). Every other stream belongs to someone else: never
+//! joined, logged once.
+
+use crate::event::StreamKey;
+use crate::reply::{self, BadReply};
+use coupon_layout::{CouponKey, LAST_SEQ_FIELD};
+use redis::aio::ConnectionLike;
+use redis::{RedisError, RedisResult, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Names of ignored streams remembered (so each is logged once); past it, no longer logged.
+const MAX_REMEMBERED: usize = 100_000;
+/// Streams checked per pipeline.
+const CHUNK: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Reply(#[from] BadReply),
+}
+
+/// What one round found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Streams joined now (the group created, or found there).
+    pub joined: Vec<StreamKey>,
+    /// Streams ignored for the first time, and why.
+    pub newly_ignored: Vec<(StreamKey, &'static str)>,
+    /// Streams ignored in this round, new or not.
+    pub ignored: usize,
+}
+
+pub struct Discovery {
+    pattern: String,
+    group: String,
+    /// Streams joined: not looked at again until forgotten.
+    known: HashSet<StreamKey>,
+    /// Streams ignored and logged.
+    ignored: HashSet<StreamKey>,
+}
+
+impl Discovery {
+    pub fn new(pattern: String, group: String) -> Discovery {
+        Discovery {
+            pattern,
+            group,
+            known: HashSet::new(),
+            ignored: HashSet::new(),
+        }
+    }
+
+    pub fn known(&self) -> impl Iterator<Item = &StreamKey> {
+        self.known.iter()
+    }
+
+    pub fn count(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Forgets a stream (gone, or no longer a stream): a later round may adopt it again.
+    pub fn forget(&mut self, stream: &StreamKey) {
+        self.known.remove(stream);
+    }
+
+    /// Marks a stream joined outside a round (joined again after its group vanished).
+    pub fn remember(&mut self, stream: StreamKey) {
+        self.known.insert(stream);
+    }
+
+    /// One pass over the keyspace.
+    pub async fn round<C: ConnectionLike + Send>(
+        &mut self,
+        conn: &mut C,
+    ) -> Result<Found, DiscoverError> {
+        let mut found = Found::default();
+        let mut candidates: Vec<StreamKey> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let answer: Value = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&self.pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream")
+                .query_async(conn)
+                .await?;
+            let [next, keys] = reply::items(&answer)? else {
+                return Err(BadReply(format!("SCAN reply: {answer:?}")).into());
+            };
+            for key in reply::items(keys)? {
+                let stream: StreamKey = Arc::from(reply::bytes(key)?);
+                if self.known.contains(&stream) {
+                    continue;
+                }
+                if CouponKey::of_events_key(&stream).is_none() {
+                    found.ignored += 1;
+                    self.note_ignored(&mut found, stream, "not named as a coupon's stream");
+                    continue;
+                }
+                candidates.push(stream);
+            }
+            cursor = reply::text(next)?
+                .parse()
+                .map_err(|_| BadReply(format!("SCAN cursor: {next:?}")))?;
+            if cursor == 0 {
+                break;
+            }
+        }
+        candidates.sort();
+        candidates.dedup();
+        for chunk in candidates.chunks(CHUNK) {
+            self.adopt(conn, chunk, &mut found).await?;
+        }
+        Ok(found)
+    }
+
+    fn note_ignored(&mut self, found: &mut Found, stream: StreamKey, why: &'static str) {
+        if self.ignored.len() < MAX_REMEMBERED && self.ignored.insert(stream.clone()) {
+            found.newly_ignored.push((stream, why));
+        }
+    }
+
+    /// Checks each candidate's coupon key and group in one pipeline; joins the coupons'.
+    async fn adopt<C: ConnectionLike + Send>(
+        &mut self,
+        conn: &mut C,
+        candidates: &[StreamKey],
+        found: &mut Found,
+    ) -> Result<(), DiscoverError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for stream in candidates {
+            let coupon = CouponKey::of_events_key(stream).map(|c| c.as_bytes());
+            pipe.cmd("HEXISTS")
+                .arg(coupon.unwrap_or_default())
+                .arg(LAST_SEQ_FIELD);
+            pipe.cmd("XPENDING").arg(&**stream).arg(&self.group);
+        }
+        let answers: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+        let mut join = Vec::new();
+        for (stream, pair) in candidates.iter().zip(answers.chunks(2)) {
+            let is_coupon = matches!(pair.first(), Some(Ok(Value::Int(1))));
+            let has_group = matches!(pair.get(1), Some(Ok(_)));
+            if has_group {
+                found.joined.push(stream.clone());
+            } else if is_coupon {
+                join.push(stream.clone());
+            } else {
+                found.ignored += 1;
+                self.note_ignored(found, stream.clone(), "its coupon key is not a coupon");
+            }
+        }
+        if !join.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for stream in &join {
+                // From the first entry, so the history is persisted too.
+                pipe.cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&**stream)
+                    .arg(&self.group)
+                    .arg("0");
+            }
+            let answers: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+            for (stream, answer) in join.into_iter().zip(answers) {
+                match answer {
+                    Ok(_) => found.joined.push(stream),
+                    Err(e) if e.code() == Some("BUSYGROUP") => found.joined.push(stream),
+                    // Gone or changed type since the scan: the next round sees.
+                    Err(e) => tracing::debug!(
+                        stream = %String::from_utf8_lossy(&stream),
+                        error = %e,
+                        "cannot create the group"
+                    ),
+                }
+            }
+        }
+        for stream in &found.joined {
+            self.known.insert(stream.clone());
+        }
+        Ok(())
+    }
+
+    /// After the group vanished from a known stream (`NOGROUP`): joins it again if it still
+    /// is a coupon's stream. `Ok(false)` when it is gone (or is no longer a coupon's).
+    pub async fn rejoin<C: ConnectionLike + Send>(
+        &mut self,
+        conn: &mut C,
+        stream: &StreamKey,
+    ) -> Result<bool, DiscoverError> {
+        self.known.remove(stream);
+        let mut found = Found::default();
+        let kind: String = redis::cmd("TYPE").arg(&**stream).query_async(conn).await?;
+        if kind != "stream" {
+            return Ok(false);
+        }
+        self.adopt(conn, std::slice::from_ref(stream), &mut found)
+            .await?;
+        Ok(!found.joined.is_empty())
+    }
+}

@@ -1,0 +1,428 @@
+//! Maintenance, beside the pipeline on a connection of its own: finding coupon streams
+//! ([`discover`]), sampling where the groups stand for the gauges and for claiming
+//! ([`sample`]), trimming committed entries ([`trim`]) and forgetting dead consumers
+//! ([`consumers`]). Each job works on many streams per round trip; none of them ever holds
+//! up a read or a commit. It tells the pipeline what to read and claim
+//! ([`Control`]), and hears from it which streams turned faulty ([`Lost`]).
+
+pub mod consumers;
+pub mod discover;
+pub mod sample;
+pub mod trim;
+
+use crate::db::{error_label, Db};
+use crate::event::{EntryId, StreamKey};
+use crate::logging::Repeats;
+use crate::metrics::{now_ms, Metrics};
+use crate::pipeline::commit::read_checkpoints;
+use crate::pipeline::read::{Fault, Lost};
+use crate::pipeline::Control;
+use crate::policy::Shutdown;
+use discover::Discovery;
+use redis::aio::ConnectionLike;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Static settings of maintenance.
+#[derive(Debug, Clone)]
+pub struct MaintainConfig {
+    pub group: String,
+    pub consumer: String,
+    pub pattern: String,
+    pub claim_idle: Duration,
+    pub discover_every: Duration,
+    pub sample_every: Duration,
+    /// `None`: never trim.
+    pub trim_every: Option<Duration>,
+    /// Longest a checkpoint query may take.
+    pub db_timeout: Duration,
+}
+
+impl MaintainConfig {
+    fn claim_every(&self) -> Duration {
+        (self.claim_idle / 2).max(Duration::from_millis(50))
+    }
+
+    /// Dead consumers are forgotten as often as streams are trimmed (each minute when not).
+    fn forget_every(&self) -> Duration {
+        self.trim_every.unwrap_or(Duration::from_secs(60))
+    }
+}
+
+/// A job's failures, logged once per interval.
+#[derive(Default)]
+struct Failures {
+    discover: Repeats,
+    sample: Repeats,
+    trim: Repeats,
+    forget: Repeats,
+}
+
+/// Logs a job's failure unless it was logged recently.
+fn failed(repeats: &mut Repeats, job: &str, error: &dyn std::fmt::Display) {
+    if let Some(unlogged) = repeats.note(Instant::now()) {
+        tracing::warn!(%error, unlogged, "{job} failed; trying again later");
+    }
+}
+
+fn succeeded(repeats: &mut Repeats, job: &str) {
+    if repeats.clear() > 0 {
+        tracing::info!("{job} works again");
+    }
+}
+
+/// A few names for a log line.
+fn some_names<'a>(streams: impl Iterator<Item = &'a StreamKey>, total: usize) -> String {
+    let names: Vec<String> = streams
+        .take(5)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    let more = total.saturating_sub(names.len());
+    if more > 0 {
+        format!("{} and {more} more", names.join(", "))
+    } else {
+        names.join(", ")
+    }
+}
+
+pub struct Maintenance<C> {
+    config: MaintainConfig,
+    conn: C,
+    db: Db,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    control: mpsc::UnboundedSender<Control>,
+    lost: mpsc::UnboundedReceiver<Lost>,
+    discovery: Discovery,
+    /// Streams where the group had pending entries at the last sample.
+    with_pending: Vec<StreamKey>,
+    failures: Failures,
+    /// Streams whose deletion is not logged yet (aggregated).
+    vanished: Repeats,
+    /// Faulty streams already logged.
+    logged_faults: HashSet<StreamKey>,
+    first_round: bool,
+}
+
+impl<C: ConnectionLike + Send> Maintenance<C> {
+    pub fn new(
+        config: MaintainConfig,
+        conn: C,
+        db: Db,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+        control: mpsc::UnboundedSender<Control>,
+        lost: mpsc::UnboundedReceiver<Lost>,
+    ) -> Maintenance<C> {
+        let discovery = Discovery::new(config.pattern.clone(), config.group.clone());
+        Maintenance {
+            config,
+            conn,
+            db,
+            metrics,
+            shutdown,
+            control,
+            lost,
+            discovery,
+            with_pending: Vec::new(),
+            failures: Failures::default(),
+            vanished: Repeats::default(),
+            logged_faults: HashSet::new(),
+            first_round: true,
+        }
+    }
+
+    /// Runs every job when due until shutdown.
+    pub async fn run(mut self) {
+        let now = Instant::now();
+        let mut next_discover = now;
+        let mut next_sample = now;
+        let mut next_claim = now + self.config.claim_every();
+        let mut next_trim = self.config.trim_every.map(|every| now + every);
+        let mut next_forget = now + self.config.forget_every();
+        loop {
+            let wake = [
+                Some(next_discover),
+                Some(next_sample),
+                Some(next_claim),
+                next_trim,
+                Some(next_forget),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now);
+            tokio::select! {
+                () = tokio::time::sleep_until(wake.into()) => {}
+                lost = self.lost.recv() => {
+                    if let Some(lost) = lost {
+                        self.on_lost(lost).await;
+                    }
+                    continue;
+                }
+                () = self.shutdown.requested_wait() => return,
+            }
+            let now = Instant::now();
+            if now >= next_discover {
+                let ok = self.discover().await;
+                // A failed round (Redis down) is tried again soon, not a full interval later.
+                let every = self.config.discover_every;
+                next_discover = now
+                    + if ok {
+                        every
+                    } else {
+                        every.min(Duration::from_secs(1))
+                    };
+            }
+            if now >= next_sample {
+                let claims_due = Instant::now() >= next_claim;
+                self.sample(claims_due).await;
+                if claims_due {
+                    next_claim = now + self.config.claim_every();
+                }
+                next_sample = now + self.config.sample_every;
+            }
+            if let Some(at) = next_trim.filter(|at| now >= *at) {
+                self.trim().await;
+                next_trim = self.config.trim_every.map(|every| at.max(now) + every);
+            }
+            if now >= next_forget {
+                self.forget_consumers().await;
+                next_forget = now + self.config.forget_every();
+            }
+        }
+    }
+
+    fn streams(&self) -> Vec<StreamKey> {
+        let mut streams: Vec<StreamKey> = self.discovery.known().cloned().collect();
+        streams.sort();
+        streams
+    }
+
+    async fn discover(&mut self) -> bool {
+        let found = match self.discovery.round(&mut self.conn).await {
+            Ok(found) => found,
+            Err(error) => {
+                self.metrics.error("redis_discover");
+                failed(
+                    &mut self.failures.discover,
+                    "discovering coupon streams",
+                    &error,
+                );
+                return false;
+            }
+        };
+        succeeded(&mut self.failures.discover, "discovering coupon streams");
+        self.metrics.streams.set(count(self.discovery.count()));
+        self.metrics.streams_ignored.set(count(found.ignored));
+        if !found.newly_ignored.is_empty() {
+            let names = some_names(
+                found.newly_ignored.iter().map(|(s, _)| s),
+                found.newly_ignored.len(),
+            );
+            let why: HashSet<&str> = found.newly_ignored.iter().map(|(_, why)| *why).collect();
+            tracing::info!(
+                streams = found.newly_ignored.len(),
+                "ignoring streams that are not coupon event streams ({}): {names}",
+                why.into_iter().collect::<Vec<_>>().join("; ")
+            );
+        }
+        if !found.joined.is_empty() {
+            let joined = found.joined.len();
+            let names = some_names(found.joined.iter(), joined);
+            if self.first_round {
+                tracing::info!(streams = joined, "reading coupon streams: {names}");
+            } else {
+                tracing::info!(streams = joined, "new coupon streams: {names}");
+            }
+            let _ = self.control.send(Control::Joined(found.joined));
+        }
+        self.first_round = false;
+        true
+    }
+
+    /// Samples every stream: updates the gauges and, when `claims` is due, tells the
+    /// pipeline which streams hold entries idle long enough to take over.
+    async fn sample(&mut self, claims: bool) {
+        let streams = self.streams();
+        let group = self.config.group.clone();
+        let states = match sample::sample(&mut self.conn, &streams, &group, false).await {
+            Ok(states) => states,
+            Err(error) => {
+                self.metrics.error("redis_sample");
+                failed(&mut self.failures.sample, "sampling the streams", &error);
+                return;
+            }
+        };
+        succeeded(&mut self.failures.sample, "sampling the streams");
+        let totals = sample::totals(&states, &group);
+        self.metrics.pending.set(count_u64(totals.pending));
+        self.metrics.backlog.set(count_u64(totals.backlog));
+        let oldest_ms = totals.oldest.map_or(0, |id: EntryId| {
+            (now_ms() - i64::try_from(id.ms).unwrap_or(i64::MAX)).max(0)
+        });
+        self.metrics.oldest_seconds.set(oldest_ms as f64 / 1000.0);
+        self.with_pending = states
+            .iter()
+            .filter(|state| state.group(&group).is_some_and(|g| g.pending > 0))
+            .map(|state| state.stream.clone())
+            .collect();
+        if !claims || self.with_pending.is_empty() {
+            return;
+        }
+        let idle_ms = u64::try_from(self.config.claim_idle.as_millis()).unwrap_or(u64::MAX);
+        let pending = std::mem::take(&mut self.with_pending);
+        match sample::with_idle_entries(&mut self.conn, &pending, &group, idle_ms).await {
+            Ok(idle) if !idle.is_empty() => {
+                let _ = self.control.send(Control::Claim(idle));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                self.metrics.error("redis_sample");
+                failed(
+                    &mut self.failures.sample,
+                    "looking for idle entries",
+                    &error,
+                );
+            }
+        }
+        self.with_pending = pending;
+    }
+
+    /// Trims every stream below what is committed and acknowledged by every group.
+    async fn trim(&mut self) {
+        let streams = self.streams();
+        let group = self.config.group.clone();
+        let mut trimmed = 0;
+        for chunk in streams.chunks(sample::CHUNK) {
+            let states = match sample::sample(&mut self.conn, chunk, &group, true).await {
+                Ok(states) => states,
+                Err(error) => {
+                    self.metrics.error("redis_trim");
+                    failed(&mut self.failures.trim, "trimming", &error);
+                    return;
+                }
+            };
+            let names = trim::names(&states);
+            let read = read_checkpoints(&self.db.pool, &group, &names);
+            let checkpoints = match tokio::time::timeout(self.config.db_timeout, read).await {
+                Ok(Ok(checkpoints)) => checkpoints,
+                Ok(Err(error)) => {
+                    self.metrics.error(error_label(&error));
+                    failed(
+                        &mut self.failures.trim,
+                        "reading checkpoints to trim",
+                        &error,
+                    );
+                    return;
+                }
+                Err(_) => {
+                    self.metrics.error("db_timeout");
+                    let error = format!("no answer within {:?}", self.config.db_timeout);
+                    failed(
+                        &mut self.failures.trim,
+                        "reading checkpoints to trim",
+                        &error,
+                    );
+                    return;
+                }
+            };
+            match trim::trim(&mut self.conn, &states, &checkpoints).await {
+                Ok(removed) => trimmed += removed,
+                Err(error) => {
+                    self.metrics.error("redis_trim");
+                    failed(&mut self.failures.trim, "trimming", &error);
+                    return;
+                }
+            }
+        }
+        succeeded(&mut self.failures.trim, "trimming");
+        self.metrics.trimmed.inc_by(trimmed);
+        if trimmed > 0 {
+            tracing::debug!(trimmed, "trimmed committed entries");
+        }
+    }
+
+    /// Forgets consumers idle for ten claim times without pending entries.
+    async fn forget_consumers(&mut self) {
+        let streams = self.streams();
+        let idle_ms = u64::try_from(self.config.claim_idle.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(10);
+        let (group, me) = (&self.config.group, &self.config.consumer);
+        match consumers::forget_idle(&mut self.conn, &streams, group, me, idle_ms).await {
+            Ok(0) => succeeded(&mut self.failures.forget, "forgetting idle consumers"),
+            Ok(removed) => {
+                succeeded(&mut self.failures.forget, "forgetting idle consumers");
+                tracing::info!(removed, "forgot idle consumers without pending entries");
+            }
+            Err(error) => {
+                self.metrics.error("redis_consumers");
+                failed(
+                    &mut self.failures.forget,
+                    "forgetting idle consumers",
+                    &error,
+                );
+            }
+        }
+    }
+
+    /// A stream the pipeline dropped: joined again if its group vanished but it still is a
+    /// coupon's stream, else forgotten (a later discovery adopts it if it comes back).
+    async fn on_lost(&mut self, lost: Lost) {
+        let shown = String::from_utf8_lossy(&lost.stream).into_owned();
+        match &lost.fault {
+            Fault::NoGroup => match self.discovery.rejoin(&mut self.conn, &lost.stream).await {
+                Ok(true) => {
+                    tracing::warn!(
+                        stream = %shown,
+                        "the consumer group vanished from the stream; joined it again"
+                    );
+                    let _ = self.control.send(Control::Joined(vec![lost.stream]));
+                }
+                Ok(false) => {
+                    if let Some(unlogged) = self.vanished.note(Instant::now()) {
+                        tracing::info!(
+                            stream = %shown,
+                            before = unlogged,
+                            "a coupon stream is gone (coupon deleted); no longer read"
+                        );
+                    }
+                }
+                Err(error) => {
+                    // Not known any more: the next discovery round adopts it if it is one.
+                    tracing::debug!(stream = %shown, %error, "cannot look at a lost stream");
+                }
+            },
+            fault => {
+                self.discovery.forget(&lost.stream);
+                if self.logged_faults.len() < 100_000
+                    && self.logged_faults.insert(lost.stream.clone())
+                {
+                    let why = match fault {
+                        Fault::WrongType => "the key no longer holds a stream".to_string(),
+                        Fault::Other(error) => error.clone(),
+                        Fault::NoGroup => String::new(),
+                    };
+                    tracing::warn!(
+                        stream = %shown,
+                        %why,
+                        "Redis refuses to read the stream; no longer read (the other streams \
+                         are not affected)"
+                    );
+                }
+            }
+        }
+        self.metrics.streams.set(count(self.discovery.count()));
+    }
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn count_u64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -3,13 +3,14 @@
 
 mod build;
 mod cluster;
+pub mod http;
 pub mod load;
 mod mariadb;
 mod persister;
 mod server;
 mod workload;
 
-pub use build::{module_path, persister_path};
+pub use build::{http_service_path, module_path, persister_path};
 pub use cluster::Cluster;
 pub use mariadb::MariaDb;
 pub use persister::{

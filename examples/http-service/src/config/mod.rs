@@ -47,8 +47,11 @@ pub struct Cli {
     #[arg(long, env = "COUPON_HTTP_REDIS_CONNECTIONS", default_value_t = 2)]
     pub redis_connections: usize,
 
-    /// How long one Redis call may take before the request gives up on it.
-    #[arg(long, env = "COUPON_HTTP_REDIS_TIMEOUT_MS", default_value_t = 250)]
+    /// How long one Redis call may take before the request gives up on it. It counts from
+    /// the call to the answer being read, so on a saturated service it includes waiting for a
+    /// worker thread: a spike of thousands of connections on two cores needs far more than
+    /// Redis's sub-millisecond answer. A Redis that is down fails at once instead.
+    #[arg(long, env = "COUPON_HTTP_REDIS_TIMEOUT_MS", default_value_t = 1_000)]
     pub redis_timeout_ms: u64,
 
     /// Extra attempts for an issue whose Redis call timed out. Safe: an attempt that did get
@@ -57,7 +60,7 @@ pub struct Cli {
     pub issue_retries: u32,
 
     /// The whole request's budget; past it the answer is 503.
-    #[arg(long, env = "COUPON_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(long, env = "COUPON_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 2_500)]
     pub request_timeout_ms: u64,
 
     /// The `Retry-After` of a 503, in seconds.

@@ -5,6 +5,12 @@ use coupon_http_example::config::Cli;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
+// Every request allocates a little (its future, headers, the Redis command and reply) on
+// whichever worker thread runs it; glibc's malloc spent about a sixth of the service's CPU on
+// that under load, mimalloc a fraction of it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

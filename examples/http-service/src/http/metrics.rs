@@ -1,15 +1,21 @@
 //! Prometheus metrics: every request counted by route, method and status, with its latency;
 //! issue outcomes and Redis trouble by kind.
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::response::Response;
+use pin_project_lite::pin_project;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
 
 pub struct Metrics {
     registry: Registry,
@@ -99,40 +105,112 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts and times every request under its route template (`/coupons/{coupon}`,
-/// not the coupon itself, so the label set stays small); unrouted requests count as
-/// `unmatched`.
-pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = request.method().clone();
-    let response = {
-        // Decremented on drop too: hyper drops the request's future if the client goes away.
-        let _in_flight = InFlight::enter(&metrics.in_flight);
-        next.run(request).await
-    };
-    metrics
-        .requests
-        .with_label_values(&[route, method.as_str(), response.status().as_str()])
-        .inc();
-    metrics
-        .latency
-        .with_label_values(&[route])
-        .observe(started.elapsed().as_secs_f64());
-    response
+/// The layer that counts and times every request under its route template
+/// (`/coupons/{coupon}`, not the coupon itself, so the label set stays small); unrouted
+/// requests count as `unmatched`. A plain tower layer, like the deadline's, for the same
+/// reason: no box and no service clone per request.
+#[derive(Clone)]
+pub struct TrackLayer {
+    metrics: Arc<Metrics>,
 }
 
-struct InFlight<'a>(&'a IntGauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a IntGauge) -> Self {
-        gauge.inc();
-        InFlight(gauge)
+impl TrackLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        TrackLayer { metrics }
     }
 }
 
-impl Drop for InFlight<'_> {
+impl<S> Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Service<Request> for Track<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = request.method().clone();
+        TrackFuture {
+            in_flight: InFlight::enter(&self.metrics.in_flight),
+            inner: self.inner.call(request),
+            started: Instant::now(),
+            route,
+            method,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project! {
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        route: Option<MatchedPath>,
+        method: Method,
+        metrics: Arc<Metrics>,
+        // Decremented on drop too: hyper drops the request's future if the client goes away.
+        in_flight: InFlight,
+    }
+}
+
+impl<F, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.inner.poll(cx));
+        if let Ok(response) = &answer {
+            let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let metrics = &this.metrics;
+            metrics
+                .requests
+                .with_label_values(&[route, this.method.as_str(), response.status().as_str()])
+                .inc();
+            metrics
+                .latency
+                .with_label_values(&[route])
+                .observe(this.started.elapsed().as_secs_f64());
+        }
+        Poll::Ready(answer)
+    }
+}
+
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }

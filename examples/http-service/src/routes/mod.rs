@@ -11,12 +11,11 @@ pub use issue::Holding;
 
 use crate::app::App;
 use crate::config::Limits;
-use crate::http::deadline::deadline;
-use crate::http::metrics::{track, Metrics};
+use crate::http::deadline::DeadlineLayer;
+use crate::http::metrics::{Metrics, TrackLayer};
 use crate::http::problem::Problem;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
-use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
@@ -58,8 +57,8 @@ fn with_middleware(routes: Router, metrics: Arc<Metrics>, limits: Limits) -> Rou
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(from_fn_with_state(limits, deadline))
-        .layer(from_fn_with_state(metrics, track))
+        .layer(DeadlineLayer::new(limits))
+        .layer(TrackLayer::new(metrics))
 }
 
 async fn not_found(uri: Uri) -> Problem {

@@ -25,7 +25,7 @@ pub struct SpikeArgs {
     #[arg(long, default_value_t = 2_000)]
     pub users: u64,
     /// Seconds each run lasts (the spike must make at least 200,000 requests).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 15)]
     pub duration: u64,
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
@@ -79,13 +79,14 @@ pub fn run(args: &SpikeArgs) -> bool {
         args.connections, args.users, args.stock, args.wrk_threads, args.connections, args.duration
     );
 
-    let spike = wrk.run(&url);
+    let redis_pid = redis_pid(&server);
+    let (spike, spike_cpu) = measured(&wrk, &url, service.pid(), redis_pid);
     let stopped = service.terminate(Duration::from_secs(30));
     let mut ceiling_args = vec!["--ceiling"];
     ceiling_args.extend(threads_flag(&threads));
     let ceiling_service = HttpService::start_on(port, &ceiling_args)
         .unwrap_or_else(|log| panic!("the ceiling did not start on port {port}:\n{log}"));
-    let ceiling = wrk.run(&url);
+    let (ceiling, ceiling_cpu) = measured(&wrk, &url, ceiling_service.pid(), None);
     drop(ceiling_service);
 
     print_row("service (SDK, Redis)", &spike);
@@ -93,6 +94,10 @@ pub fn run(args: &SpikeArgs) -> bool {
     println!(
         "ratio service/ceiling: {:.2}",
         spike.per_second() / ceiling.per_second()
+    );
+    println!(
+        "CPU per request, µs: service process {:.1} (ceiling {:.1}), redis-server {:.1}, wrk {:.1} (ceiling {:.1})",
+        spike_cpu.service, ceiling_cpu.service, spike_cpu.redis, spike_cpu.wrk, ceiling_cpu.wrk
     );
     println!(
         "seeds (Spring + Redis, Locust, 2,000 VUs, 4-core app server): {SEEDS_PER_SECOND:.0} req/s, p99 {SEEDS_P99_MS:.0} ms, 1,000 of 1,000 issued"
@@ -154,6 +159,77 @@ pub fn run(args: &SpikeArgs) -> bool {
         println!("\nsmoke run: every part ran (figures at these counts mean nothing)");
     }
     ok
+}
+
+/// CPU time each process spent per request during a run, in µs.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuPerRequest {
+    service: f64,
+    redis: f64,
+    wrk: f64,
+}
+
+/// Runs wrk and measures the CPU the service, Redis and wrk itself used meanwhile: on a
+/// machine they share, throughput says what they got, CPU per request what each costs.
+fn measured(
+    wrk: &Wrk,
+    url: &str,
+    service: Option<u32>,
+    redis: Option<u32>,
+) -> (LoadRun, CpuPerRequest) {
+    let process =
+        |pid: Option<u32>| pid.and_then(|pid| cpu_ticks(&format!("/proc/{pid}/stat"), 13));
+    let (service0, redis0) = (process(service), process(redis));
+    // wrk is a child we wait for: its CPU lands in our children's times.
+    let children0 = cpu_ticks("/proc/self/stat", 15);
+    let run = wrk.run(url);
+    let per_request = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(before), Some(after)) => {
+            after.saturating_sub(before) as f64 * 1e6
+                / ticks_per_second()
+                / run.requests.max(1) as f64
+        }
+        _ => f64::NAN,
+    };
+    let cpu = CpuPerRequest {
+        service: per_request(service0, process(service)),
+        redis: redis.map_or(0.0, |_| per_request(redis0, process(redis))),
+        wrk: per_request(children0, cpu_ticks("/proc/self/stat", 15)),
+    };
+    (run, cpu)
+}
+
+/// User + system time from a `/proc/…/stat` file, in clock ticks: the fields at `first` and
+/// `first + 1`, counted from 0 as in proc(5) (13: the process's own, 15: its waited-for
+/// children's).
+fn cpu_ticks(path: &str, first: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i - 2)?.parse::<u64>().ok();
+    Some(field(first)? + field(first + 1)?)
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+fn redis_pid(server: &Server) -> Option<u32> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut server.connect())
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn threads_flag(threads: &Option<String>) -> Vec<&str> {

@@ -61,16 +61,22 @@ fn ledger(coupon: &str, issued: &[(String, u64)]) -> Ledger {
     ledger
 }
 
-/// Runs `DEBUG SLEEP seconds` on its own connection: Redis answers nothing meanwhile.
-fn freeze_redis(server: &Server, seconds: f64) -> std::thread::JoinHandle<()> {
-    let mut conn = server.connect();
-    std::thread::spawn(move || {
-        let _: () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(seconds)
-            .query(&mut conn)
-            .expect("DEBUG SLEEP");
-    })
+/// Pauses every Redis client for `ms` (`CLIENT PAUSE … ALL`): commands sent meanwhile wait in
+/// Redis and run when the pause ends. In effect once this returns.
+fn pause_redis(server: &Server, ms: u64) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("ALL")
+        .query(&mut server.connect())
+        .expect("CLIENT PAUSE");
+}
+
+fn unpause_redis(server: &Server) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut server.connect())
+        .expect("CLIENT UNPAUSE");
 }
 
 #[test]
@@ -353,18 +359,17 @@ fn an_issue_timed_out_inside_the_service_is_retried_with_the_same_seq() {
         "--campaign",
         "sale=10",
         "--redis-timeout-ms",
-        "300",
+        "600",
         "--issue-retries",
         "1",
         "--request-timeout-ms",
         "5000",
     ]);
-    // Redis sleeps 0.5 s: the first attempt times out at 0.3 s (but is queued in Redis), the
-    // retry is answered when Redis wakes. One of the two issued, the other saw it issued.
-    let frozen = freeze_redis(&server, 0.5);
-    std::thread::sleep(Duration::from_millis(50));
+    // Redis holds every command for 0.9 s: the first attempt times out at 0.6 s (but waits in
+    // Redis), the retry is answered when the pause ends. One of the two issued, the other saw
+    // it issued: the answer carries the one seq the user holds.
+    pause_redis(&server, 900);
     let dave = service.issue("sale", "dave");
-    frozen.join().expect("DEBUG SLEEP");
     assert!(
         matches!(dave.status, 200 | 201),
         "{dave:?}\n{}",
@@ -398,12 +403,11 @@ fn an_issue_answered_503_after_a_timeout_and_retried_by_the_client_gets_the_same
         "--issue-retries",
         "0",
     ]);
-    let frozen = freeze_redis(&server, 0.5);
-    std::thread::sleep(Duration::from_millis(50));
+    pause_redis(&server, 2_000);
     let first = service.issue("sale", "erin");
     assert_problem(&first, 503, Some("unavailable"));
     assert_eq!(first.header("retry-after"), Some("1"));
-    frozen.join().expect("DEBUG SLEEP");
+    unpause_redis(&server);
     // The timed-out call reached Redis and issued; the retry says so, with that seq.
     let retry = service.issue("sale", "erin");
     assert_eq!(retry.status, 200, "{retry:?}");
@@ -430,8 +434,7 @@ fn sigterm_lets_requests_in_flight_finish() {
     // An idle keep-alive connection must not hold the shutdown up.
     let idle = std::net::TcpStream::connect(("127.0.0.1", service.port())).expect("connect");
 
-    let frozen = freeze_redis(&server, 1.5);
-    std::thread::sleep(Duration::from_millis(50));
+    pause_redis(&server, 1_500);
     let port = service.port();
     let clients: Vec<_> = (0..20)
         .map(|i| {
@@ -477,7 +480,6 @@ fn sigterm_lets_requests_in_flight_finish() {
             body["seq"].as_u64().unwrap_or(0),
         ));
     }
-    frozen.join().expect("DEBUG SLEEP");
     let status = service.wait(Duration::from_secs(8));
     assert!(
         matches!(status, Some(s) if s.success()),
@@ -512,8 +514,7 @@ fn sigterm_gives_up_on_requests_past_the_shutdown_timeout() {
         "--shutdown-timeout-ms",
         "300",
     ]);
-    let frozen = freeze_redis(&server, 2.0);
-    std::thread::sleep(Duration::from_millis(50));
+    pause_redis(&server, 2_000);
     let port = service.port();
     let client = std::thread::spawn(move || {
         request(
@@ -550,7 +551,6 @@ fn sigterm_gives_up_on_requests_past_the_shutdown_timeout() {
         client.join().expect("client thread").is_err(),
         "the cut request got an answer"
     );
-    frozen.join().expect("DEBUG SLEEP");
 }
 
 #[test]

@@ -7,8 +7,6 @@ mod holders;
 mod issue;
 mod ops;
 
-pub use issue::Holding;
-
 use crate::app::App;
 use crate::config::Limits;
 use crate::http::deadline::DeadlineLayer;

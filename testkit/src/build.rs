@@ -24,6 +24,13 @@ pub fn persister_path() -> PathBuf {
     .clone()
 }
 
+/// The example HTTP service: `$COUPON_HTTP_BIN` if set, else `target/release/coupon-http`.
+pub fn http_service_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| release_artifact("COUPON_HTTP_BIN", "coupon-http-example", "coupon-http"))
+        .clone()
+}
+
 /// `$override_var` if set; else builds `package` with `cargo build --release` and returns
 /// `target/release/<file>`.
 fn release_artifact(override_var: &str, package: &str, file: &str) -> PathBuf {

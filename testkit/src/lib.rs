@@ -32,12 +32,12 @@ mod persister;
 mod server;
 mod stack;
 
-pub use build::{module_path, persister_path};
+pub use build::{http_service_path, module_path, persister_path};
 pub use cluster::{key_in_slot, Cluster};
 pub use mariadb::MariaDb;
 pub use persister::{
     assert_persisted, assert_redis_matches, db_rows, differences, event_streams, events_key,
     pending, query_rows, DbRow, Ledger, Load, Persister, TestDb,
 };
-pub use server::{Flavor, Server, ServerBuilder};
+pub use server::{free_port, Flavor, Server, ServerBuilder};
 pub use stack::{coupons, persisted_differences, Backend, Client, Error, Stack, StackBuilder};

@@ -245,7 +245,7 @@ impl Drop for Server {
 }
 
 /// A port the OS had free a moment ago; a clash shows up as a failed start and is retried.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

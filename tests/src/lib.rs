@@ -3,13 +3,14 @@
 //! and the persister come from `coupon-testkit` (its local backend); the load generators and
 //! the per-flavor test macro live here.
 
+pub mod http;
 pub mod load;
 mod workload;
 
 pub use coupon_testkit::{
     assert_persisted, assert_redis_matches, db_rows, differences, event_streams, events_key,
-    key_in_slot, module_path, pending, persister_path, query_rows, Cluster, DbRow, Flavor, Ledger,
-    Load, MariaDb, Persister, Server, ServerBuilder, TestDb,
+    http_service_path, key_in_slot, module_path, pending, persister_path, query_rows, Cluster,
+    DbRow, Flavor, Ledger, Load, MariaDb, Persister, Server, ServerBuilder, TestDb,
 };
 pub use workload::mixed_workload;
 

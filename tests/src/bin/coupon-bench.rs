@@ -1,6 +1,7 @@
 //! The benchmark: in one run against one server, the module against the SDK's Lua backend,
 //! a seeds-style Lua script and the plain-command ceilings; a flash sale through the SDK; and
-//! the persister against a raw multi-row INSERT. See BENCHMARKS.md.
+//! the persister against a raw multi-row INSERT; and, as `coupon-bench http`, the example HTTP
+//! service under a spike against its constant-answer ceiling. See BENCHMARKS.md.
 
 use clap::Parser;
 use coupon_layout::holders_in;
@@ -28,6 +29,8 @@ return 1";
 #[derive(Parser, Debug)]
 #[command(about = "Measures COUPON.ISSUE against Lua and the plain-command ceilings, in one run")]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// Use this server (it must have the module loaded) instead of starting one.
     #[arg(long, env = "COUPON_BENCH_REDIS_URL")]
     redis_url: Option<String>,
@@ -70,8 +73,22 @@ struct Args {
     smoke: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// The seeds' test over HTTP: the example service under a 2,000-connection spike (wrk),
+    /// against the same server answering a constant body.
+    Http(coupon_tests::http::spike::SpikeArgs),
+}
+
 fn main() {
     let mut args = Args::parse();
+    if let Some(Mode::Http(spike)) = &args.mode {
+        std::process::exit(if coupon_tests::http::spike::run(spike) {
+            0
+        } else {
+            1
+        });
+    }
     if args.smoke {
         (args.requests, args.attempts, args.events, args.holders) = (2_000, 5_000, 3_000, 500);
         (args.lag_rate, args.lag_seconds, args.lag_coupons) = (2_000, 5, vec![100]);

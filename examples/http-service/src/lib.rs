@@ -1,0 +1,52 @@
+//! An example HTTP service issuing first-come-first-served coupons through `coupon-sdk`:
+//! the shape a production service takes around the SDK (configuration, routes and status
+//! codes, problem documents, timeouts and retries, metrics, graceful shutdown). See the
+//! README's "HTTP service" section.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod pool;
+pub mod routes;
+pub mod shutdown;
+
+use app::App;
+use config::{Campaigns, Cli};
+use http::metrics::Metrics;
+use pool::RedisPool;
+use shutdown::Signals;
+use std::sync::Arc;
+
+/// Runs the service until SIGTERM or SIGINT and its requests in flight are answered.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
+    let metrics = Arc::new(Metrics::new()?);
+    let limits = cli.limits();
+    let router = if cli.ceiling {
+        tracing::warn!("--ceiling: answering a constant body without Redis (benchmark only)");
+        routes::ceiling(metrics, limits)
+    } else {
+        let campaigns = Campaigns::load(cli.campaigns.clone(), cli.campaigns_file.as_deref())?;
+        let redis =
+            RedisPool::connect(&cli.redis_url, cli.redis_connections, limits.redis_timeout).await?;
+        for campaign in campaigns.iter() {
+            tracing::info!(coupon = %campaign.coupon, stock = campaign.stock, window = ?campaign.window, "selling");
+        }
+        routes::service(Arc::new(App {
+            campaigns,
+            redis,
+            metrics,
+            limits,
+        }))
+    };
+    let listener = http::listener::bind(cli.listen, cli.backlog)?;
+    tracing::info!(addr = %cli.listen, "listening");
+    signals
+        .serve(
+            |stopping| axum::serve(listener, router).with_graceful_shutdown(stopping.requested()),
+            cli.shutdown_timeout(),
+        )
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}

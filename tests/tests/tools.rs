@@ -37,19 +37,22 @@ fn the_quickstart_sells_out_and_proves_it() {
 fn the_benchmark_runs_every_part() {
     let out = run(env!("CARGO_BIN_EXE_coupon-bench"), &["--smoke"]);
     for part in [
-        "issuing (fresh users)",
-        "rejecting (stock gone)",
+        "issuing (fresh users, stock unlimited)",
+        "sold out (500 holders, a non-holder clicks)",
+        "duplicate (500 holders, a holder clicks again)",
         "flash sale through the SDK",
+        "memory per holder:",
         "persister into MariaDB",
-        "module/seeds-Lua",
+        "module/seeds-style Lua",
+        "module/SISMEMBER",
     ] {
         assert!(out.contains(part), "{part} missing:\n{out}");
     }
     let rows: Vec<&str> = out.lines().filter(|l| l.contains(" errors ")).collect();
     assert_eq!(
         rows.len(),
-        16,
-        "four commands, two paths, two modes:\n{out}"
+        28,
+        "four rows issuing, five sold out and five duplicate, in two modes:\n{out}"
     );
     assert!(
         rows.iter().all(|l| l.trim_end().ends_with(" errors 0")),

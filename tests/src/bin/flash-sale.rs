@@ -180,9 +180,9 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             .and_then(|rows| rows.first().and_then(|row| row.try_get::<i64, _>(0).ok()))
             .unwrap_or(0) as u64
     };
-    // A hex literal matches the binary column on MySQL and SQLite alike.
-    let hex: String = coupon.bytes().map(|b| format!("{b:02X}")).collect();
-    let where_coupon = format!("WHERE coupon = X'{hex}' AND revoked_at_ms IS NULL");
+    // The coupon key is plain text, stored as text where the database has it (SQLite) and as
+    // bytes (MySQL's VARBINARY): a quoted literal matches both.
+    let where_coupon = format!("WHERE coupon = '{coupon}' AND revoked_at_ms IS NULL");
     let waiting = ProgressBar::new_spinner()
         .with_message("waiting for the persister to store every issuance");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,7 +1,8 @@
 //! The benchmark: in one run against one server, the module against the SDK's Lua backend,
 //! a seeds-style Lua script and the plain-command ceilings; a flash sale through the SDK; and
 //! the persister against a raw multi-row INSERT; and, as `coupon-bench http`, the example HTTP
-//! service under a spike against its constant-answer ceiling. See BENCHMARKS.md.
+//! service under a spike against its constant-answer ceiling; and, as `coupon-bench cluster`,
+//! the flash sale on one node against a 3-primary cluster. See BENCHMARKS.md.
 
 use clap::Parser;
 use coupon_layout::holders_in;
@@ -15,6 +16,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "coupon-bench/cluster.rs"]
+mod cluster;
 #[path = "coupon-bench/lag.rs"]
 mod lag;
 
@@ -78,16 +81,20 @@ enum Mode {
     /// The seeds' test over HTTP: the example service under a 2,000-connection spike (wrk),
     /// against the same server answering a constant body.
     Http(coupon_tests::http::spike::SpikeArgs),
+    /// The flash-sale mix over many coupons on one node and on a local 3-primary cluster,
+    /// with the throughput per primary.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() {
     let mut args = Args::parse();
-    if let Some(Mode::Http(spike)) = &args.mode {
-        std::process::exit(if coupon_tests::http::spike::run(spike) {
-            0
-        } else {
-            1
-        });
+    let proven = match &args.mode {
+        Some(Mode::Http(spike)) => Some(coupon_tests::http::spike::run(spike)),
+        Some(Mode::Cluster(sale)) => Some(cluster::run(sale)),
+        None => None,
+    };
+    if let Some(proven) = proven {
+        std::process::exit(if proven { 0 } else { 1 });
     }
     if args.smoke {
         (args.requests, args.attempts, args.events, args.holders) = (2_000, 5_000, 3_000, 500);

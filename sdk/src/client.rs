@@ -9,6 +9,17 @@ use redis::{Cmd, FromRedisValue, Value};
 use std::collections::HashSet;
 use std::time::Duration;
 
+/// What replica-acknowledged calls append to the coupon's stream name to name the shard
+/// channel they publish an empty message on (`sale:events{sale}:replica-ack`): it shares the
+/// coupon's hash slot, and an ACL channel pattern like `&sale*` covers it.
+pub const ACK_CHANNEL_SUFFIX: &str = ":replica-ack";
+
+fn ack_channel(coupon: &[u8]) -> Result<Vec<u8>> {
+    let mut channel = coupon_key(coupon)?.events_key();
+    channel.extend_from_slice(ACK_CHANNEL_SUFFIX.as_bytes());
+    Ok(channel)
+}
+
 /// Pairs per `COUPON.RESTORE` call: each call is atomic and passes over the coupon's holders.
 const RESTORE_CHUNK: usize = 500;
 
@@ -180,7 +191,7 @@ where
             window,
         };
         let ((status, seq, _holders), acked): ((String, Option<u64>, u64), _) =
-            self.send(self.backend.issue(&args)?).await?;
+            self.send(coupon, self.backend.issue(&args)?).await?;
         let seq = || seq.ok_or_else(|| Error::UnexpectedReply(format!("{status} without a seq")));
         let outcome = match status.as_str() {
             "ISSUED" => Outcome::Issued { seq: seq()? },
@@ -199,7 +210,9 @@ where
     pub async fn revoke(&self, coupon: impl AsRef<[u8]>, user: impl AsRef<[u8]>) -> Result<bool> {
         let (coupon, user) = (coupon.as_ref(), non_empty(user.as_ref())?);
         coupon_key(coupon)?;
-        let (revoked, acked): (i64, _) = self.send(self.backend.revoke(coupon, user)?).await?;
+        let (revoked, acked): (i64, _) = self
+            .send(coupon, self.backend.revoke(coupon, user)?)
+            .await?;
         let revoked = revoked == 1;
         self.confirmed(acked, || Answer::Revoke { revoked })?;
         Ok(revoked)
@@ -256,7 +269,7 @@ where
         };
         for chunk in chunks {
             let (replies, acked): (Vec<Value>, _) = self
-                .send(self.backend.restore(coupon, floor, chunk)?)
+                .send(coupon, self.backend.restore(coupon, floor, chunk)?)
                 .await?;
             if replies.len() != chunk.len() {
                 return Err(Error::UnexpectedReply(format!(
@@ -311,23 +324,40 @@ where
 
     /// Sends a write, followed by `WAIT` when replica acknowledgement is on: its answer and
     /// how many replicas confirmed it (`None` without `WAIT`).
-    async fn send<T: FromRedisValue>(&self, call: Call) -> Result<(T, Option<u32>)> {
-        match (self.send_once(&call.command).await, call.on_noscript) {
+    async fn send<T: FromRedisValue>(&self, coupon: &[u8], call: Call) -> Result<(T, Option<u32>)> {
+        match (
+            self.send_once(coupon, &call.command).await,
+            call.on_noscript,
+        ) {
             (Err(Error::Server(e)), Some(fallback)) if e.code() == Some("NOSCRIPT") => {
-                self.send_once(&fallback).await
+                self.send_once(coupon, &fallback).await
             }
             (result, _) => result,
         }
     }
 
-    async fn send_once<T: FromRedisValue>(&self, command: &Cmd) -> Result<(T, Option<u32>)> {
+    async fn send_once<T: FromRedisValue>(
+        &self,
+        coupon: &[u8],
+        command: &Cmd,
+    ) -> Result<(T, Option<u32>)> {
         let Some(ack) = self.replica_ack else {
             return Ok((self.query(command).await?, None));
         };
-        // One pipeline, so WAIT runs on the connection (and cluster node) that wrote.
+        // One pipeline, so WAIT runs on the connection (and cluster node) that wrote. WAIT
+        // waits for the replication offset of the connection's last propagated command; a
+        // call that wrote nothing (a retry answering AlreadyIssued) propagates nothing, and
+        // from Redis 7.2 / Valkey 8.1 on its WAIT would then not wait for the earlier write
+        // it reports. The SPUBLISH, which a standalone server propagates to its replicas,
+        // moves the connection's offset to the server's current one first; its channel is in
+        // the coupon's hash slot, so on a cluster the pipeline stays on the coupon's node.
         let timeout_ms = ack.timeout.as_millis().clamp(1, u64::MAX as u128) as u64;
         let mut pipe = redis::pipe();
         pipe.add_command(command.clone())
+            .cmd("SPUBLISH")
+            .arg(ack_channel(coupon)?)
+            .arg("")
+            .ignore()
             .cmd("WAIT")
             .arg(ack.replicas)
             .arg(timeout_ms);

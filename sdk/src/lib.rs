@@ -29,7 +29,7 @@ mod keys;
 mod outcome;
 
 pub use backend::Backend;
-pub use client::Coupons;
+pub use client::{Coupons, ACK_CHANNEL_SUFFIX};
 pub use error::{Error, Result};
 pub use keys::CouponKeys;
 pub use outcome::{Answer, CouponInfo, Outcome, ReplicaAck, Restore, Window};

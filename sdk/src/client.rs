@@ -115,9 +115,14 @@ where
     ///
     /// Every answer is confirmed the same way, those that write nothing included (`SoldOut`,
     /// `NotStarted`, `Ended`, `AlreadyIssued`, a revoke of a non-holder, a restore re-run):
-    /// `WAIT` counts everything the connection has written or read, so a confirmed
-    /// `AlreadyIssued` means the issue it reports is on the replicas too, and a confirmed
-    /// `SoldOut` means the holders it was decided on are.
+    /// An empty `SPUBLISH` on the coupon's shard channel (its stream's name followed by
+    /// [`ACK_CHANNEL_SUFFIX`](crate::ACK_CHANNEL_SUFFIX)) goes between the command and `WAIT`:
+    /// a standalone server propagates it, which brings the connection's replication offset up
+    /// to the server's, so a confirmed `AlreadyIssued` means the issue it reports is on the
+    /// replicas too, and a confirmed `SoldOut` means the holders it was decided on are. (On a
+    /// cluster it travels on the cluster bus instead; there a write's own confirmation holds,
+    /// and a no-write answer is confirmed as far as the connection's offset goes.) An ACL
+    /// user needs `+spublish` and a channel pattern covering it (`&sale*`).
     ///
     /// `WAIT` holds the connection it is sent on until it answers: on a shared
     /// [`MultiplexedConnection`](redis::aio::MultiplexedConnection) the calls behind it wait
@@ -347,7 +352,7 @@ where
         // One pipeline, so WAIT runs on the connection (and cluster node) that wrote. WAIT
         // waits for the replication offset of the connection's last propagated command; a
         // call that wrote nothing (a retry answering AlreadyIssued) propagates nothing, and
-        // from Redis 7.2 / Valkey 8.1 on its WAIT would then not wait for the earlier write
+        // on Valkey 8.1 (unlike Redis 7.0) its WAIT would then not wait for the earlier write
         // it reports. The SPUBLISH, which a standalone server propagates to its replicas,
         // moves the connection's offset to the server's current one first; its channel is in
         // the coupon's hash slot, so on a cluster the pipeline stays on the coupon's node.

@@ -437,6 +437,11 @@ fn the_cluster_client_issues_across_slots(flavor: Flavor) {
             assert_eq!(module.check(&coupon, "alice").await.unwrap(), Some(1));
             assert!(script.revoke(&coupon, "alice").await.unwrap());
             assert_eq!(module.info(&coupon).await.unwrap().events, 2);
+            assert_eq!(
+                client.restore(&coupon, 5, &[("carol", 4)]).await.unwrap(),
+                [coupon_sdk::Restore::Restored]
+            );
+            assert_eq!(module.info(&coupon).await.unwrap().last_seq, 5);
         }
     });
     let holders_per_node: Vec<i64> = cluster

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 #[path = "coupon-bench/lag.rs"]
 mod lag;
+#[path = "coupon-bench/replica_ack.rs"]
+mod replica_ack;
 
 /// The state of the art this project replaces: SISMEMBER/SCARD/SADD plus a queue, in Lua.
 const SEEDS_SCRIPT: &str = "\
@@ -78,6 +80,9 @@ enum Mode {
     /// The seeds' test over HTTP: the example service under a 2,000-connection spike (wrk),
     /// against the same server answering a constant body.
     Http(coupon_tests::http::spike::SpikeArgs),
+    /// Issuing with replica acknowledgement (WAIT 1) against without, on a primary with one
+    /// replica that it starts itself.
+    ReplicaAck(replica_ack::ReplicaAckArgs),
 }
 
 fn main() {
@@ -88,6 +93,9 @@ fn main() {
         } else {
             1
         });
+    }
+    if let Some(Mode::ReplicaAck(ack)) = &args.mode {
+        std::process::exit(if replica_ack::run(ack) { 0 } else { 1 });
     }
     if args.smoke {
         (args.requests, args.attempts, args.events, args.holders) = (2_000, 5_000, 3_000, 500);

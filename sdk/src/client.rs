@@ -232,7 +232,10 @@ where
     /// order. Nothing is ever overwritten: a user holding another seq, or a seq held by
     /// another user, is reported and left alone. Re-running is safe (`Held`).
     ///
-    /// Sent in chunks of 500 pairs, each one atomic (with `floor` on each). A user or a seq
+    /// Sent in chunks of 500 pairs, each one atomic (with `floor` on each); with replica
+    /// acknowledgement on, a chunk not confirmed in time ends the call with
+    /// [`Error::NotReplicated`] carrying the answers so far (a re-run answers `Held` for
+    /// them). Works on the cluster client too (one coupon, one node). A user or a seq
     /// named twice, an empty user, a seq of 0 or a number over `i64::MAX` is refused
     /// before anything is sent.
     pub async fn restore<U: AsRef<[u8]>>(

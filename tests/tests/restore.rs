@@ -289,6 +289,15 @@ fn the_reply_and_bad_input(flavor: Flavor) {
     let error = restore_raw(&mut conn, &[b"new", b"9"]).unwrap_err();
     assert!(error.to_string().contains("allkeys-lru"), "{error}");
     config(&mut conn, "maxmemory-policy", "noeviction");
+    // Over maxmemory: a restore that writes gets Redis' own -OOM, a re-run still answers.
+    config(&mut conn, "maxmemory", "1");
+    let error = restore_raw(&mut conn, &[b"new", b"9", b"z", b"9"]).unwrap_err();
+    assert_eq!(error.code(), Some("OOM"), "{error}");
+    let held = restore_raw(&mut conn, &[b"s", b"1", b"a", b"1"]).unwrap();
+    assert_eq!(
+        held,
+        Value::Array(vec![Value::BulkString(b"held".to_vec())])
+    );
     config(&mut conn, "maxmemory", "0");
     assert_eq!(server.digest(), digest);
     // The SDK refuses bad input before sending anything, on either backend.
@@ -334,10 +343,31 @@ fn replicated_persisted_and_chunked(flavor: Flavor) {
             let answers = coupons.restore(&coupon, 5_000, &holders).await.unwrap();
             assert_eq!(answers.len(), holders.len());
             assert_eq!(answers[0], Restore::UserHolds { seq: 1 });
+            assert_eq!(
+                redis::cmd("OBJECT")
+                    .arg("ENCODING")
+                    .arg(&coupon)
+                    .query::<String>(&mut master.connect())
+                    .unwrap(),
+                "hashtable"
+            );
             assert!(answers[1..].iter().all(|a| *a == Restore::Restored));
             let info = coupons.info(&coupon).await.unwrap();
             assert_eq!((info.issued, info.last_seq), (1_234, 5_000));
             assert_eq!(info.events, 1 + 1_233);
+            // Seq -> holder over a hash past its compact encoding.
+            assert_eq!(
+                coupons
+                    .restore(&coupon, 0, &[("late", 2_000), ("new", 4_999)])
+                    .await
+                    .unwrap(),
+                [
+                    Restore::SeqTaken {
+                        user: b"user-1000".to_vec()
+                    },
+                    Restore::Restored
+                ]
+            );
             coupons
                 .restore(format!("floor-{backend:?}"), 77, &[] as &[(&str, u64)])
                 .await

@@ -357,6 +357,16 @@ fn writes_are_turned_away_while_split(
         at_coupon.send(&["COUPON.REVOKE", coupon, &holder]),
         TRYAGAIN
     );
+    assert_eq!(
+        at_coupon.send(&[
+            "COUPON.RESTORE",
+            coupon,
+            "0",
+            "probe",
+            "4611686018427387903"
+        ]),
+        TRYAGAIN
+    );
     let expected = if with_stream == from {
         format!("ASK {} {}", sale.slot(), cluster.address(to))
     } else {

@@ -88,7 +88,15 @@ async fn scenario(coupons: &Coupons<MultiplexedConnection>) -> Vec<String> {
             .issue("shop{7}", b"\x00\xff bin\r\n".as_slice(), 3)
             .await
     ));
+    let from_db: [(&[u8], u64); 4] = [(b"bob", 2), (b"carol", 3), (b"zed", 11), (b"\x00\xff", 9)];
+    note(format!("{:?}", coupons.restore("sale", 12, &from_db).await));
+    note(format!("{:?}", coupons.restore("sale", 12, &from_db).await));
+    note(format!(
+        "{:?}",
+        coupons.restore("floored", 5, &[] as &[(&str, u64)]).await
+    ));
     note(format!("{:?}", coupons.info("sale").await));
+    note(format!("{:?}", coupons.info("floored").await));
     note(format!("{:?}", coupons.info("never").await));
     seen
 }
@@ -170,7 +178,7 @@ fn both_backends_answer_and_write_the_same(flavor: Flavor) {
     );
     assert_eq!(by_forced_script, by_module);
     let data = dump(&with_module);
-    assert_eq!(data.len(), 6, "{data:#?}");
+    assert_eq!(data.len(), 8, "{data:#?}");
     assert_eq!(
         dump(&without_module),
         data,
@@ -429,6 +437,11 @@ fn the_cluster_client_issues_across_slots(flavor: Flavor) {
             assert_eq!(module.check(&coupon, "alice").await.unwrap(), Some(1));
             assert!(script.revoke(&coupon, "alice").await.unwrap());
             assert_eq!(module.info(&coupon).await.unwrap().events, 2);
+            assert_eq!(
+                client.restore(&coupon, 5, &[("carol", 4)]).await.unwrap(),
+                [coupon_sdk::Restore::Restored]
+            );
+            assert_eq!(module.info(&coupon).await.unwrap().last_seq, 5);
         }
     });
     let holders_per_node: Vec<i64> = cluster

@@ -59,3 +59,19 @@ fn the_benchmark_runs_every_part() {
         "{out}"
     );
 }
+
+#[test]
+fn the_replica_ack_benchmark_runs() {
+    let out = run(
+        env!("CARGO_BIN_EXE_coupon-bench"),
+        &["replica-ack", "--smoke"],
+    );
+    for part in [
+        "without replica ack",
+        "with replica ack (WAIT 1)",
+        "ratio with/without",
+        "replica digest matches the primary's: true",
+    ] {
+        assert!(out.contains(part), "{part} missing:\n{out}");
+    }
+}

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 mod cluster;
 #[path = "coupon-bench/lag.rs"]
 mod lag;
+#[path = "coupon-bench/replica_ack.rs"]
+mod replica_ack;
 
 /// The state of the art this project replaces: SISMEMBER/SCARD/SADD plus a queue, in Lua.
 const SEEDS_SCRIPT: &str = "\
@@ -84,6 +86,9 @@ enum Mode {
     /// The flash-sale mix over many coupons on one node and on a local 3-primary cluster,
     /// with the throughput per primary.
     Cluster(cluster::ClusterArgs),
+    /// Issuing with replica acknowledgement (WAIT 1) against without, on a primary with one
+    /// replica that it starts itself.
+    ReplicaAck(replica_ack::ReplicaAckArgs),
 }
 
 fn main() {
@@ -91,6 +96,7 @@ fn main() {
     let proven = match &args.mode {
         Some(Mode::Http(spike)) => Some(coupon_tests::http::spike::run(spike)),
         Some(Mode::Cluster(sale)) => Some(cluster::run(sale)),
+        Some(Mode::ReplicaAck(ack)) => Some(replica_ack::run(ack)),
         None => None,
     };
     if let Some(proven) = proven {

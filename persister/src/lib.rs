@@ -21,3 +21,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod reply;
+pub mod topology;

@@ -1,4 +1,4 @@
-//! The shape of an event entry: `op <issue|revoke> user <user> seq <seq>`. The coupon is the
+//! The shape of an event entry: `op <issue|revoke|restore> user <user> seq <seq>`. The coupon is the
 //! stream's own key and the time is the entry ID's milliseconds, so neither is repeated.
 
 /// What happened to a seq.
@@ -6,6 +6,9 @@
 pub enum Op {
     Issue,
     Revoke,
+    /// A holder put back by `COUPON.RESTORE` from the database after Redis lost data: for a
+    /// reader, an issue of `seq` to `user` that may already be recorded.
+    Restore,
 }
 
 impl Op {
@@ -14,6 +17,7 @@ impl Op {
         match self {
             Op::Issue => "issue",
             Op::Revoke => "revoke",
+            Op::Restore => "restore",
         }
     }
 
@@ -21,6 +25,7 @@ impl Op {
         match word {
             b"issue" => Some(Op::Issue),
             b"revoke" => Some(Op::Revoke),
+            b"restore" => Some(Op::Restore),
             _ => None,
         }
     }
@@ -53,7 +58,7 @@ mod tests {
 
     #[test]
     fn op_words_round_trip() {
-        for op in [Op::Issue, Op::Revoke] {
+        for op in [Op::Issue, Op::Revoke, Op::Restore] {
             assert_eq!(Op::from_word(op.word().as_bytes()), Some(op));
         }
         assert_eq!(Op::from_word(b"grant"), None);

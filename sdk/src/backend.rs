@@ -37,6 +37,7 @@ pub(crate) struct IssueArgs<'a> {
 pub(crate) trait Dialect {
     fn issue(&self, args: &IssueArgs<'_>) -> Result<Call, Error>;
     fn revoke(&self, coupon: &[u8], user: &[u8]) -> Result<Call, Error>;
+    fn restore(&self, coupon: &[u8], floor: u64, pairs: &[(&[u8], u64)]) -> Result<Call, Error>;
 }
 
 impl Dialect for Backend {
@@ -77,6 +78,30 @@ impl Dialect for Backend {
             }),
         }
     }
+
+    fn restore(&self, coupon: &[u8], floor: u64, pairs: &[(&[u8], u64)]) -> Result<Call, Error> {
+        let add_pairs = |command: &mut Cmd| {
+            command.arg(floor);
+            for (user, seq) in pairs {
+                command.arg(*user).arg(*seq);
+            }
+        };
+        match self {
+            Backend::Module => {
+                let mut command = redis::cmd("COUPON.RESTORE");
+                command.arg(coupon);
+                add_pairs(&mut command);
+                Ok(Call {
+                    command,
+                    on_noscript: None,
+                })
+            }
+            Backend::Script => script_call(coupon, |command| {
+                command.arg("restore");
+                add_pairs(command);
+            }),
+        }
+    }
 }
 
 /// `EVALSHA sha 2 <coupon> <events> <argv>`, with `EVAL <source> …` as the fallback.
@@ -104,13 +129,14 @@ mod tests {
     fn the_script_uses_the_layouts_names() {
         let quoted = |text: &[u8]| format!("'{}'", String::from_utf8_lossy(text));
         let expected = format!(
-            "local LAST_SEQ, OP, USER, SEQ, ISSUE, REVOKE = {}, {}, {}, {}, {}, {}",
+            "local LAST_SEQ, OP, USER, SEQ, ISSUE, REVOKE, RESTORE = {}, {}, {}, {}, {}, {}, {}",
             quoted(LAST_SEQ_FIELD),
             quoted(EventField::Op.name().as_bytes()),
             quoted(EventField::User.name().as_bytes()),
             quoted(EventField::Seq.name().as_bytes()),
             quoted(Op::Issue.word().as_bytes()),
             quoted(Op::Revoke.word().as_bytes()),
+            quoted(Op::Restore.word().as_bytes()),
         );
         let names = crate::SCRIPT_SOURCE
             .lines()

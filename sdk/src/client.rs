@@ -2,11 +2,26 @@
 
 use crate::backend::{Backend, Call, Dialect, IssueArgs};
 use crate::keys::{coupon_key, CouponKeys};
-use crate::{CouponInfo, Error, Outcome, Result, Window};
+use crate::{Answer, CouponInfo, Error, Outcome, ReplicaAck, Restore, Result, Window};
 use coupon_layout::{holders_in, revoked_of, LAST_SEQ_FIELD};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, Value};
+use std::collections::HashSet;
 use std::time::Duration;
+
+/// What replica-acknowledged calls append to the coupon's stream name to name the shard
+/// channel they publish an empty message on (`sale:events{sale}:replica-ack`): it shares the
+/// coupon's hash slot, and an ACL channel pattern like `&sale*` covers it.
+pub const ACK_CHANNEL_SUFFIX: &str = ":replica-ack";
+
+fn ack_channel(coupon: &[u8]) -> Result<Vec<u8>> {
+    let mut channel = coupon_key(coupon)?.events_key();
+    channel.extend_from_slice(ACK_CHANNEL_SUFFIX.as_bytes());
+    Ok(channel)
+}
+
+/// Pairs per `COUPON.RESTORE` call: each call is atomic and passes over the coupon's holders.
+const RESTORE_CHUNK: usize = 500;
 
 /// Issues, revokes and checks coupons over any async redis-rs connection: a
 /// [`MultiplexedConnection`](redis::aio::MultiplexedConnection) (thousands of concurrent calls
@@ -36,6 +51,7 @@ pub struct Coupons<C> {
     connection: C,
     backend: Backend,
     timeout: Option<Duration>,
+    replica_ack: Option<ReplicaAck>,
 }
 
 impl<C> std::fmt::Debug for Coupons<C> {
@@ -43,6 +59,7 @@ impl<C> std::fmt::Debug for Coupons<C> {
         f.debug_struct("Coupons")
             .field("backend", &self.backend)
             .field("timeout", &self.timeout)
+            .field("replica_ack", &self.replica_ack)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +89,7 @@ where
             connection,
             backend,
             timeout: None,
+            replica_ack: None,
         }
     }
 
@@ -82,6 +100,33 @@ where
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Coupons {
             timeout: Some(timeout),
+            ..self.clone()
+        }
+    }
+
+    /// The same client, reporting the writes of `issue`, `issue_in_window`, `revoke` and
+    /// `restore` only once `ack.replicas` replicas have them.
+    ///
+    /// Each such call is sent together with `WAIT <replicas> <timeout-ms>`, in one pipeline on
+    /// the same connection (on a cluster, to the node that holds the coupon). When fewer
+    /// replicas confirm in time, the call fails with [`Error::NotReplicated`], which carries
+    /// the answer the primary gave: the write happened there and may or may not survive a
+    /// failover. Retrying is safe; the retry waits again.
+    ///
+    /// Every answer is confirmed the same way, those that write nothing included (`SoldOut`,
+    /// `NotStarted`, `Ended`, `AlreadyIssued`, a revoke of a non-holder, a restore re-run):
+    /// `WAIT` counts everything the connection has written or read, so a confirmed
+    /// `AlreadyIssued` means the issue it reports is on the replicas too, and a confirmed
+    /// `SoldOut` means the holders it was decided on are.
+    ///
+    /// `WAIT` holds the connection it is sent on until it answers: on a shared
+    /// [`MultiplexedConnection`](redis::aio::MultiplexedConnection) the calls behind it wait
+    /// too, so give acknowledged writes connections of their own (or several). Keep the
+    /// per-call [`with_timeout`](Self::with_timeout) above `ack.timeout`, or a slow
+    /// acknowledgement ends as [`Error::Timeout`] instead.
+    pub fn with_replica_ack(&self, ack: ReplicaAck) -> Self {
+        Coupons {
+            replica_ack: Some(ack),
             ..self.clone()
         }
     }
@@ -145,17 +190,19 @@ where
             limit,
             window,
         };
-        let (status, seq, _holders): (String, Option<u64>, u64) =
-            self.send(self.backend.issue(&args)?).await?;
+        let ((status, seq, _holders), acked): ((String, Option<u64>, u64), _) =
+            self.send(coupon, self.backend.issue(&args)?).await?;
         let seq = || seq.ok_or_else(|| Error::UnexpectedReply(format!("{status} without a seq")));
-        Ok(match status.as_str() {
+        let outcome = match status.as_str() {
             "ISSUED" => Outcome::Issued { seq: seq()? },
             "DUPLICATE" => Outcome::AlreadyIssued { seq: seq()? },
             "SOLD_OUT" => Outcome::SoldOut,
             "NOT_STARTED" => Outcome::NotStarted,
             "ENDED" => Outcome::Ended,
             other => return Err(Error::UnexpectedReply(format!("unknown status {other:?}"))),
-        })
+        };
+        self.confirmed(acked, || Answer::Issue { outcome })?;
+        Ok(outcome)
     }
 
     /// Takes the coupon back from `user`: `true` if they held it (the stock returns; the seq
@@ -163,8 +210,82 @@ where
     pub async fn revoke(&self, coupon: impl AsRef<[u8]>, user: impl AsRef<[u8]>) -> Result<bool> {
         let (coupon, user) = (coupon.as_ref(), non_empty(user.as_ref())?);
         coupon_key(coupon)?;
-        let revoked: i64 = self.send(self.backend.revoke(coupon, user)?).await?;
-        Ok(revoked == 1)
+        let (revoked, acked): (i64, _) = self
+            .send(coupon, self.backend.revoke(coupon, user)?)
+            .await?;
+        let revoked = revoked == 1;
+        self.confirmed(acked, || Answer::Revoke { revoked })?;
+        Ok(revoked)
+    }
+
+    /// Puts back holders that Redis lost (after a failover with replication lag, a restart
+    /// without persistence, an older RDB) from a database that has them: `COUPON.RESTORE`.
+    ///
+    /// `floor` is the highest seq the database knows for the coupon (revoked rows included):
+    /// afterwards the coupon's last seq is at least `floor` and every restored seq, so no seq
+    /// the database knows is handed out again. Each `(user, seq)` gets one [`Restore`], in
+    /// order. Nothing is ever overwritten: a user holding another seq, or a seq held by
+    /// another user, is reported and left alone. Re-running is safe (`Held`).
+    ///
+    /// Sent in chunks of 500 pairs, each one atomic (with `floor` on each). A user or a seq
+    /// named twice, an empty user, a seq of 0 or a number over `i64::MAX` is refused
+    /// before anything is sent.
+    pub async fn restore<U: AsRef<[u8]>>(
+        &self,
+        coupon: impl AsRef<[u8]>,
+        floor: u64,
+        holders: &[(U, u64)],
+    ) -> Result<Vec<Restore>> {
+        let coupon = coupon.as_ref();
+        coupon_key(coupon)?;
+        if floor > i64::MAX as u64 {
+            return Err(Error::InvalidInput(
+                "floor must be at most 9223372036854775807",
+            ));
+        }
+        let mut users = HashSet::with_capacity(holders.len());
+        let mut seqs = HashSet::with_capacity(holders.len());
+        let mut pairs = Vec::with_capacity(holders.len());
+        for (user, seq) in holders {
+            let user = non_empty(user.as_ref())?;
+            if *seq == 0 || *seq > i64::MAX as u64 {
+                return Err(Error::InvalidInput(
+                    "seq must be from 1 to 9223372036854775807",
+                ));
+            }
+            if !users.insert(user) {
+                return Err(Error::InvalidInput("a user is named twice"));
+            }
+            if !seqs.insert(*seq) {
+                return Err(Error::InvalidInput("a seq is named twice"));
+            }
+            pairs.push((user, *seq));
+        }
+        let mut answers = Vec::with_capacity(pairs.len());
+        let chunks: Vec<&[(&[u8], u64)]> = if pairs.is_empty() {
+            vec![&[]]
+        } else {
+            pairs.chunks(RESTORE_CHUNK).collect()
+        };
+        for chunk in chunks {
+            let (replies, acked): (Vec<Value>, _) = self
+                .send(coupon, self.backend.restore(coupon, floor, chunk)?)
+                .await?;
+            if replies.len() != chunk.len() {
+                return Err(Error::UnexpectedReply(format!(
+                    "{} answers to {} pairs",
+                    replies.len(),
+                    chunk.len()
+                )));
+            }
+            for reply in replies {
+                answers.push(restore_answer(reply)?);
+            }
+            self.confirmed(acked, || Answer::Restore {
+                pairs: answers.clone(),
+            })?;
+        }
+        Ok(answers)
     }
 
     /// The seq `user` holds, if any.
@@ -201,12 +322,60 @@ where
         })
     }
 
-    async fn send<T: FromRedisValue>(&self, call: Call) -> Result<T> {
-        match (self.query(&call.command).await, call.on_noscript) {
+    /// Sends a write, followed by `WAIT` when replica acknowledgement is on: its answer and
+    /// how many replicas confirmed it (`None` without `WAIT`).
+    async fn send<T: FromRedisValue>(&self, coupon: &[u8], call: Call) -> Result<(T, Option<u32>)> {
+        match (
+            self.send_once(coupon, &call.command).await,
+            call.on_noscript,
+        ) {
             (Err(Error::Server(e)), Some(fallback)) if e.code() == Some("NOSCRIPT") => {
-                self.query(&fallback).await
+                self.send_once(coupon, &fallback).await
             }
             (result, _) => result,
+        }
+    }
+
+    async fn send_once<T: FromRedisValue>(
+        &self,
+        coupon: &[u8],
+        command: &Cmd,
+    ) -> Result<(T, Option<u32>)> {
+        let Some(ack) = self.replica_ack else {
+            return Ok((self.query(command).await?, None));
+        };
+        // One pipeline, so WAIT runs on the connection (and cluster node) that wrote. WAIT
+        // waits for the replication offset of the connection's last propagated command; a
+        // call that wrote nothing (a retry answering AlreadyIssued) propagates nothing, and
+        // from Redis 7.2 / Valkey 8.1 on its WAIT would then not wait for the earlier write
+        // it reports. The SPUBLISH, which a standalone server propagates to its replicas,
+        // moves the connection's offset to the server's current one first; its channel is in
+        // the coupon's hash slot, so on a cluster the pipeline stays on the coupon's node.
+        let timeout_ms = ack.timeout.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let mut pipe = redis::pipe();
+        pipe.add_command(command.clone())
+            .cmd("SPUBLISH")
+            .arg(ack_channel(coupon)?)
+            .arg("")
+            .ignore()
+            .cmd("WAIT")
+            .arg(ack.replicas)
+            .arg(timeout_ms);
+        let mut connection = self.connection.clone();
+        let query = pipe.query_async(&mut connection);
+        let (answer, acked): (T, i64) = self.within_timeout(query).await?;
+        Ok((answer, Some(u32::try_from(acked).unwrap_or(0))))
+    }
+
+    /// `Ok` unless replica acknowledgement is on and fewer replicas confirmed than asked for.
+    fn confirmed(&self, acked: Option<u32>, answer: impl FnOnce() -> Answer) -> Result<()> {
+        match (self.replica_ack, acked) {
+            (Some(ack), Some(acked)) if acked < ack.replicas => Err(Error::NotReplicated {
+                answer: answer(),
+                acked,
+                wanted: ack.replicas,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -227,6 +396,37 @@ where
                 Err(_) => Err(Error::Timeout(Some(limit))),
             },
         }
+    }
+}
+
+/// One element of `COUPON.RESTORE`'s reply.
+fn restore_answer(reply: Value) -> Result<Restore> {
+    let unexpected = |reply: &Value| Error::UnexpectedReply(format!("restore answered {reply:?}"));
+    let word = |value: &Value| match value {
+        Value::BulkString(bytes) => Some(bytes.clone()),
+        Value::SimpleString(text) => Some(text.clone().into_bytes()),
+        _ => None,
+    };
+    if let Some(word) = word(&reply) {
+        return match word.as_slice() {
+            b"restored" => Ok(Restore::Restored),
+            b"held" => Ok(Restore::Held),
+            _ => Err(unexpected(&reply)),
+        };
+    }
+    let Value::Array(parts) = &reply else {
+        return Err(unexpected(&reply));
+    };
+    match parts.as_slice() {
+        [kind, Value::Int(seq)] if word(kind).as_deref() == Some(b"user-holds") => {
+            let seq = u64::try_from(*seq).map_err(|_| unexpected(&reply))?;
+            Ok(Restore::UserHolds { seq })
+        }
+        [kind, user] if word(kind).as_deref() == Some(b"seq-taken") => match word(user) {
+            Some(user) => Ok(Restore::SeqTaken { user }),
+            None => Err(unexpected(&reply)),
+        },
+        _ => Err(unexpected(&reply)),
     }
 }
 

@@ -18,6 +18,17 @@ pub enum Error {
     /// Redis answered with an error (WRONGTYPE, OOM, READONLY, …).
     #[error("Redis refused the command: {0}")]
     Server(#[source] redis::RedisError),
+    /// The write happened on the primary (its answer is `answer`), but fewer replicas than
+    /// asked for ([`ReplicaAck`](crate::ReplicaAck)) confirmed having it within the timeout.
+    /// It may still reach them, or be lost if the primary fails first. Retrying is safe: a
+    /// retried `issue` answers `AlreadyIssued` with the same seq (or issues once, if the
+    /// write was lost with a failover) and waits for the replicas again.
+    #[error("written on the primary, but {acked} of {wanted} replicas confirmed it in time")]
+    NotReplicated {
+        answer: crate::Answer,
+        acked: u32,
+        wanted: u32,
+    },
     /// Redis answered something this client does not understand.
     #[error("unexpected reply: {0}")]
     UnexpectedReply(String),

@@ -29,10 +29,10 @@ mod keys;
 mod outcome;
 
 pub use backend::Backend;
-pub use client::Coupons;
+pub use client::{Coupons, ACK_CHANNEL_SUFFIX};
 pub use error::{Error, Result};
 pub use keys::CouponKeys;
-pub use outcome::{CouponInfo, Outcome, Window};
+pub use outcome::{Answer, CouponInfo, Outcome, ReplicaAck, Restore, Window};
 
 /// The Lua script of the [`Backend::Script`] backend, for inspection or preloading with
 /// `SCRIPT LOAD`.

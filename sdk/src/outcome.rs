@@ -35,6 +35,47 @@ impl Outcome {
     }
 }
 
+/// What [`Coupons::restore`](crate::Coupons::restore) answered for one `(user, seq)` pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Restore {
+    /// The user held nothing and nobody held the seq: the holder was written, with a
+    /// `restore` event.
+    Restored,
+    /// The user already holds exactly this seq (a re-run).
+    Held,
+    /// The user holds another seq: nothing was written for this pair.
+    UserHolds { seq: u64 },
+    /// Another user holds this seq (Redis handed it out again after losing data): nothing
+    /// was written for this pair.
+    SeqTaken { user: Vec<u8> },
+}
+
+/// The answer a write got on the primary, carried by
+/// [`Error::NotReplicated`](crate::Error::NotReplicated) when the replicas did not confirm it
+/// in time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Answer {
+    /// `issue` / `issue_in_window`.
+    Issue { outcome: Outcome },
+    /// `revoke`: whether the user held the coupon.
+    Revoke { revoked: bool },
+    /// `restore`: one answer per pair sent so far (the unconfirmed chunk included).
+    Restore { pairs: Vec<Restore> },
+}
+
+/// How many replicas must have a write before a call reports it
+/// ([`Coupons::with_replica_ack`](crate::Coupons::with_replica_ack)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    /// Replicas that must acknowledge (`WAIT`'s first argument).
+    pub replicas: u32,
+    /// How long to wait for them (`WAIT`'s second argument, rounded up to whole ms; at least
+    /// 1 ms, as `WAIT … 0` would wait forever).
+    pub timeout: std::time::Duration,
+}
+
 /// A sale window: open from `start_ms` (inclusive) to `end_ms` (exclusive), unix milliseconds
 /// by the Redis server's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

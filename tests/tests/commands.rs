@@ -410,6 +410,7 @@ fn the_commands_declare_their_key(flavor: Flavor) {
     for command in [
         "coupon.issue",
         "coupon.revoke",
+        "coupon.restore",
         "coupon.check",
         "coupon.info",
     ] {

@@ -318,7 +318,7 @@ fn the_recommended_acl_lines_hold(flavor: Flavor) {
     let digest = server.digest();
     for line in [
         "reader on >pw ~* +@read +coupon.check +coupon.info",
-        "auditor on >pw ~* +@all -@write -coupon.issue -coupon.revoke",
+        "auditor on >pw ~* +@all -@write -coupon.issue -coupon.revoke -coupon.restore",
     ] {
         set_user(&server, line);
         let name = line.split(' ').next().unwrap();
@@ -326,6 +326,7 @@ fn the_recommended_acl_lines_hold(flavor: Flavor) {
         for write in [
             &["COUPON.ISSUE", "sale", "mallory", "5"][..],
             &["COUPON.REVOKE", "sale", "alice"],
+            &["COUPON.RESTORE", "sale", "9", "mallory", "7"],
         ] {
             let reply = send(&mut conn, write);
             assert!(is_noperm(&reply), "{line}: {write:?} -> {reply}");

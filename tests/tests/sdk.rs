@@ -88,7 +88,15 @@ async fn scenario(coupons: &Coupons<MultiplexedConnection>) -> Vec<String> {
             .issue("shop{7}", b"\x00\xff bin\r\n".as_slice(), 3)
             .await
     ));
+    let from_db: [(&[u8], u64); 4] = [(b"bob", 2), (b"carol", 3), (b"zed", 11), (b"\x00\xff", 9)];
+    note(format!("{:?}", coupons.restore("sale", 12, &from_db).await));
+    note(format!("{:?}", coupons.restore("sale", 12, &from_db).await));
+    note(format!(
+        "{:?}",
+        coupons.restore("floored", 5, &[] as &[(&str, u64)]).await
+    ));
     note(format!("{:?}", coupons.info("sale").await));
+    note(format!("{:?}", coupons.info("floored").await));
     note(format!("{:?}", coupons.info("never").await));
     seen
 }
@@ -170,7 +178,7 @@ fn both_backends_answer_and_write_the_same(flavor: Flavor) {
     );
     assert_eq!(by_forced_script, by_module);
     let data = dump(&with_module);
-    assert_eq!(data.len(), 6, "{data:#?}");
+    assert_eq!(data.len(), 8, "{data:#?}");
     assert_eq!(
         dump(&without_module),
         data,

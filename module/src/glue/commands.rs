@@ -1,12 +1,15 @@
-//! The four commands: parse, read, decide (in `rules`), write (through `write::apply`), reply.
+//! The five commands: parse, read, decide (in `rules`), write (through `write::apply`), reply.
 
 use super::boundary::Argv;
 use super::ffi::{now_ms, Ctx, KeyKind, Mode, OwnedString};
 use super::reply;
 use super::stats::{self, Stat};
 use super::store::{open_checked, RedisStore};
-use super::write::{self, Target};
-use crate::rules::{decide_issue, decide_revoke, parse_user, CouponError, CouponStore, IssueArgs};
+use super::write::{self, Restoring, Target};
+use crate::rules::{
+    decide_issue, decide_restore, decide_revoke, parse_user, CouponError, CouponStore, IssueArgs,
+    RestoreArgs,
+};
 use coupon_layout::{revoked_of, CouponKey};
 
 /// `COUPON.ISSUE <key> <user> <limit> [WINDOW <start-ms> <end-ms>]`
@@ -44,6 +47,32 @@ pub fn revoke(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
         None => 0,
     };
     reply::integer(ctx, revoked);
+    Ok(())
+}
+
+/// `COUPON.RESTORE <key> <floor> [<user> <seq> ...]`: one answer per pair (see
+/// `rules::decide_restore`); the holders restored and the raised last seq are written as one.
+pub fn restore(ctx: Ctx, argv: &Argv<'_>) -> Result<(), CouponError> {
+    let args = argv.with_tail(RestoreArgs::parse)?;
+    let key = CouponKey::new(args.key)?;
+    let store = RedisStore::open(ctx, argv.raw(1)?)?;
+    let decision = decide_restore(&store, &args, || store.owners())?;
+    let mut holders = Vec::with_capacity(decision.change.restored.len());
+    for index in &decision.change.restored {
+        // Pair i is arguments 3 + 2i (user) and 4 + 2i (seq), the command name at 0.
+        holders.push([argv.raw(3 + 2 * index)?, argv.raw(4 + 2 * index)?]);
+    }
+    let restoring = Restoring {
+        coupon: argv.raw(1)?,
+        key,
+        coupon_exists: store.exists(),
+        holders,
+        last_seq: decision.change.last_seq,
+    };
+    drop(store);
+    write::apply_restore(ctx, &restoring)?;
+    stats::count_many(Stat::Restored, restoring.holders.len() as u64);
+    reply::restore(ctx, &decision.outcomes);
     Ok(())
 }
 

@@ -40,6 +40,10 @@ pub fn api_is_complete() -> Result<(), &'static str> {
         RedisModule_HashGet,
         RedisModule_HashSet,
         RedisModule_StreamAdd,
+        RedisModule_StreamDelete,
+        RedisModule_ScanCursorCreate,
+        RedisModule_ScanCursorDestroy,
+        RedisModule_ScanKey,
         RedisModule_GetContextFlags,
         RedisModule_KeyExists,
         RedisModule_Call,
@@ -203,6 +207,29 @@ impl OpenKey {
             return None;
         }
         Some(OwnedString { ctx, ptr: value })
+    }
+
+    /// Calls `visit` with every field and value of a hash (nothing for a missing key). The
+    /// caller has checked the key is a hash; the hash must not change meanwhile.
+    pub fn scan_hash<F: FnMut(&[u8], &[u8])>(&self, mut visit: F) {
+        if self.ptr.is_null() {
+            return;
+        }
+        unsafe extern "C" fn each<G: FnMut(&[u8], &[u8])>(
+            _key: *mut raw::RedisModuleKey,
+            field: RawString,
+            value: RawString,
+            data: *mut std::os::raw::c_void,
+        ) {
+            let visit = &mut *data.cast::<G>();
+            visit(bytes_of(field), bytes_of(value));
+        }
+        unsafe {
+            let cursor = api!(RedisModule_ScanCursorCreate)();
+            let data = (&mut visit as *mut F).cast::<std::os::raw::c_void>();
+            while api!(RedisModule_ScanKey)(self.ptr, cursor, Some(each::<F>), data) != 0 {}
+            api!(RedisModule_ScanCursorDestroy)(cursor);
+        }
     }
 }
 

@@ -23,6 +23,7 @@ struct Command {
     /// module command belongs to no category and must be allowed by name.
     acl: &'static CStr,
     summary: &'static CStr,
+    complexity: &'static CStr,
 }
 
 macro_rules! callback {
@@ -34,7 +35,7 @@ macro_rules! callback {
     }};
 }
 
-fn commands() -> [Command; 4] {
+fn commands() -> [Command; 5] {
     [
         Command {
             name: c"coupon.issue",
@@ -48,6 +49,7 @@ fn commands() -> [Command; 4] {
                 | raw::REDISMODULE_CMD_KEY_INSERT,
             acl: c"write fast hash stream",
             summary: c"Issues a coupon to a user if stock and the sale window allow, once per user",
+            complexity: c"O(1)",
         },
         Command {
             name: c"coupon.revoke",
@@ -57,6 +59,22 @@ fn commands() -> [Command; 4] {
             key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
             acl: c"write fast hash stream",
             summary: c"Takes a coupon back from its holder; the stock returns, the seq does not",
+            complexity: c"O(1)",
+        },
+        Command {
+            name: c"coupon.restore",
+            callback: callback!("COUPON.RESTORE", commands::restore),
+            // An operator's repair: not fast (it may pass over every holder). Not deny-oom,
+            // like the others: a re-run that writes nothing answers at maxmemory.
+            flags: c"write",
+            arity: -3,
+            key_flags: raw::REDISMODULE_CMD_KEY_RW
+                | raw::REDISMODULE_CMD_KEY_ACCESS
+                | raw::REDISMODULE_CMD_KEY_UPDATE,
+            acl: c"write hash stream",
+            summary: c"Puts back holders a database knows and Redis lost, and raises the last seq",
+            complexity:
+                c"O(N) for N pairs, plus O(H) for H holders when a pair's user holds nothing",
         },
         Command {
             name: c"coupon.check",
@@ -66,6 +84,7 @@ fn commands() -> [Command; 4] {
             key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
             acl: c"read fast hash",
             summary: c"Returns the seq a user holds, or nil",
+            complexity: c"O(1)",
         },
         Command {
             name: c"coupon.info",
@@ -75,6 +94,7 @@ fn commands() -> [Command; 4] {
             key_flags: raw::REDISMODULE_CMD_KEY_RO,
             acl: c"read fast hash stream",
             summary: c"Returns a coupon's holders, revokes, last seq and event count",
+            complexity: c"O(1)",
         },
     ]
 }
@@ -132,7 +152,7 @@ fn register(ctx: Ctx, command: &Command) -> Result<(), &'static str> {
         let info = raw::RedisModuleCommandInfo {
             version: &version,
             summary: command.summary.as_ptr(),
-            complexity: c"O(1)".as_ptr(),
+            complexity: command.complexity.as_ptr(),
             since: c"0.1.0".as_ptr(),
             history: ptr::null_mut(),
             tips: ptr::null(),

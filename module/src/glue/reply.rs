@@ -1,7 +1,7 @@
 //! Reply shapes, written straight to the client with the reply API (no intermediate values).
 
 use super::ffi::{api, Ctx};
-use crate::rules::IssueOutcome;
+use crate::rules::{IssueOutcome, RestoreOutcome};
 use std::ffi::CString;
 use std::os::raw::{c_char, c_long};
 
@@ -16,6 +16,30 @@ pub fn issue(ctx: Ctx, outcome: &IssueOutcome, holders: i64) {
     }
     optional_integer(ctx, outcome.seq());
     integer(ctx, holders);
+}
+
+/// One element per pair: `restored` / `held`, or `[user-holds, seq]` / `[seq-taken, user]`.
+pub fn restore(ctx: Ctx, outcomes: &[RestoreOutcome]) {
+    let bulk = |bytes: &[u8]| unsafe {
+        api!(RedisModule_ReplyWithStringBuffer)(ctx, bytes.as_ptr().cast(), bytes.len());
+    };
+    unsafe { api!(RedisModule_ReplyWithArray)(ctx, outcomes.len() as c_long) };
+    for outcome in outcomes {
+        let word = outcome.word().as_bytes();
+        match outcome {
+            RestoreOutcome::Restored | RestoreOutcome::Held => bulk(word),
+            RestoreOutcome::UserHolds { seq } => {
+                unsafe { api!(RedisModule_ReplyWithArray)(ctx, 2) };
+                bulk(word);
+                integer(ctx, *seq);
+            }
+            RestoreOutcome::SeqTaken { user } => {
+                unsafe { api!(RedisModule_ReplyWithArray)(ctx, 2) };
+                bulk(word);
+                bulk(user);
+            }
+        }
+    }
 }
 
 pub fn integer(ctx: Ctx, value: i64) {

@@ -16,23 +16,30 @@ pub enum Stat {
     NotStarted,
     Ended,
     Revoked,
+    /// Holders put back by COUPON.RESTORE.
+    Restored,
     Errors,
 }
 
-const NAMES: [(Stat, &std::ffi::CStr); 7] = [
+const NAMES: [(Stat, &std::ffi::CStr); 8] = [
     (Stat::Issued, c"issued"),
     (Stat::Duplicate, c"duplicate"),
     (Stat::SoldOut, c"sold_out"),
     (Stat::NotStarted, c"not_started"),
     (Stat::Ended, c"ended"),
     (Stat::Revoked, c"revoked"),
+    (Stat::Restored, c"restored"),
     (Stat::Errors, c"errors"),
 ];
 
-static COUNTS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+static COUNTS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 
 pub fn count(stat: Stat) {
-    COUNTS[stat as usize].fetch_add(1, Ordering::Relaxed);
+    count_many(stat, 1);
+}
+
+pub fn count_many(stat: Stat, n: u64) {
+    COUNTS[stat as usize].fetch_add(n, Ordering::Relaxed);
 }
 
 impl From<&IssueOutcome> for Stat {

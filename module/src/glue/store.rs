@@ -3,7 +3,8 @@
 use super::ffi::{Ctx, KeyKind, Mode, OpenKey, OwnedString, RawString};
 use super::words::words;
 use crate::rules::{parse_int, CouponError, CouponStore};
-use coupon_layout::holders_in;
+use coupon_layout::{holders_in, LAST_SEQ_FIELD};
+use std::collections::HashMap;
 
 /// A read-only view of one coupon: its key, opened for reading (so a rejected click marks
 /// nothing modified for `WATCH` or client-side caching).
@@ -33,6 +34,28 @@ impl<'a> RedisStore<'a> {
 
     pub fn exists(&self) -> bool {
         self.coupon.kind() != KeyKind::Empty
+    }
+
+    /// Seq → the user holding it, from one pass over the coupon hash (the last-seq field
+    /// aside): O(holders).
+    pub fn owners(&self) -> Result<HashMap<i64, Vec<u8>>, CouponError> {
+        let mut owners = HashMap::with_capacity(self.coupon.len());
+        let mut corrupt = false;
+        self.coupon.scan_hash(|field, value| {
+            if field == LAST_SEQ_FIELD {
+                return;
+            }
+            match parse_int(value) {
+                Some(seq) => {
+                    owners.insert(seq, field.to_vec());
+                }
+                None => corrupt = true,
+            }
+        });
+        if corrupt {
+            return Err(CouponError::Corrupt("a holder's seq is not an integer"));
+        }
+        Ok(owners)
     }
 
     fn field(&self, bytes: &[u8]) -> Result<Option<OwnedString>, CouponError> {

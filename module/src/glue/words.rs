@@ -14,6 +14,7 @@ pub struct Words {
     pub seq: StaticString,
     pub issue: StaticString,
     pub revoke: StaticString,
+    pub restore: StaticString,
 }
 
 static WORDS: OnceLock<Words> = OnceLock::new();
@@ -28,6 +29,7 @@ pub fn init() {
         seq: word(EventField::Seq.name()),
         issue: word(Op::Issue.word()),
         revoke: word(Op::Revoke.word()),
+        restore: word(Op::Restore.word()),
     });
 }
 
@@ -42,6 +44,7 @@ impl Words {
         match op {
             Op::Issue => self.issue.as_ptr(),
             Op::Revoke => self.revoke.as_ptr(),
+            Op::Restore => self.restore.as_ptr(),
         }
     }
 }

@@ -16,6 +16,7 @@ use super::words::{words, Words};
 use crate::rules::{guard_write, Change, CouponError, Presence, WriteConditions};
 use coupon_layout::{holders_in, CouponKey, Op};
 use redis_module::raw;
+use std::ffi::CStr;
 use std::os::raw::c_int;
 use std::ptr;
 
@@ -34,21 +35,7 @@ pub struct Target<'a> {
 /// Nothing is written, and no key is opened for writing, unless the guard lets it through.
 pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, CouponError> {
     let words = words()?;
-    let events_name = OwnedString::new(ctx, &target.key.events_key());
-    let events_exist = key_exists(ctx, events_name.as_ptr());
-    let eviction = eviction::current();
-    let conditions = WriteConditions {
-        out_of_memory: context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_OOM != 0,
-        eviction: &eviction,
-    };
-    let presence = Presence {
-        coupon: target.coupon_exists,
-        events: events_exist,
-    };
-    guard_write(conditions, presence, || {
-        slot_is_moving(ctx, target.key.as_bytes())
-    })?;
-
+    let (events_name, _) = guard(ctx, target.key, target.coupon_exists)?;
     let events = open_checked(ctx, events_name.as_ptr(), Mode::Write, KeyKind::Stream)?;
     let coupon = OpenKey::open(ctx, target.coupon, Mode::Write);
     let (op, seq) = match *change {
@@ -94,6 +81,128 @@ pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, 
     Ok(holders_in(coupon.len() as u64) as i64)
 }
 
+/// Checks that a write may happen now (see `rules::guard_write`); the event stream's name and
+/// whether it exists.
+fn guard(
+    ctx: Ctx,
+    key: CouponKey<'_>,
+    coupon_exists: bool,
+) -> Result<(OwnedString, bool), CouponError> {
+    let events_name = OwnedString::new(ctx, &key.events_key());
+    let events_exist = key_exists(ctx, events_name.as_ptr());
+    let eviction = eviction::current();
+    let conditions = WriteConditions {
+        out_of_memory: context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_OOM != 0,
+        eviction: &eviction,
+    };
+    let presence = Presence {
+        coupon: coupon_exists,
+        events: events_exist,
+    };
+    guard_write(conditions, presence, || slot_is_moving(ctx, key.as_bytes()))?;
+    Ok((events_name, events_exist))
+}
+
+/// A restore's holders to write, as the client sent them: `(user, seq)` strings.
+pub struct Restoring<'a> {
+    /// The coupon key as the client sent it.
+    pub coupon: RawString,
+    pub key: CouponKey<'a>,
+    /// Whether the coupon key existed when the restore was decided.
+    pub coupon_exists: bool,
+    /// The holders to put back, in the order given; the seq strings are canonical integers.
+    pub holders: Vec<[RawString; 2]>,
+    /// The new last seq, if it rises.
+    pub last_seq: Option<i64>,
+}
+
+/// Applies a restore: one `restore` event per holder put back, then one `HSET` of every
+/// holder and the last seq. Replicated as those `XADD`s with their IDs and that `HSET`.
+///
+/// A coupon must never be left without its stream: when only the last seq is written and the
+/// stream is missing (the coupon is being created by raising its floor), the stream is
+/// created empty, by adding an entry and deleting it (`XADD <id> …` + `XDEL <id>`), which
+/// leaves no event for a reader and moves the stream's last ID to now.
+pub fn apply_restore(ctx: Ctx, restoring: &Restoring<'_>) -> Result<(), CouponError> {
+    if restoring.holders.is_empty() && restoring.last_seq.is_none() {
+        return Ok(());
+    }
+    let words = words()?;
+    let (events_name, events_exist) = guard(ctx, restoring.key, restoring.coupon_exists)?;
+    let events = open_checked(ctx, events_name.as_ptr(), Mode::Write, KeyKind::Stream)?;
+    let coupon = OpenKey::open(ctx, restoring.coupon, Mode::Write);
+
+    // The events go first: if the stream refuses the first (ID space exhausted), nothing
+    // else changed.
+    for [user, seq] in &restoring.holders {
+        let entry = [
+            words.op.as_ptr(),
+            words.op(Op::Restore),
+            words.user.as_ptr(),
+            *user,
+            words.seq.as_ptr(),
+            *seq,
+        ];
+        let id = events.stream_add(entry).ok_or(CouponError::Corrupt(
+            "the event stream accepts no more entries",
+        ))?;
+        notify(
+            ctx,
+            raw::REDISMODULE_NOTIFY_STREAM,
+            c"xadd",
+            events_name.as_ptr(),
+        );
+        replicate_xadd(ctx, events_name.as_ptr(), id, &entry);
+    }
+    let last_text = restoring
+        .last_seq
+        .map(|last| OwnedString::from_i64(ctx, last));
+    if restoring.holders.is_empty() && !events_exist {
+        if let Some(last) = &last_text {
+            let entry = [
+                words.op.as_ptr(),
+                words.op(Op::Restore),
+                words.user.as_ptr(),
+                words.last_seq.as_ptr(),
+                words.seq.as_ptr(),
+                last.as_ptr(),
+            ];
+            let id = events.stream_add(entry).ok_or(CouponError::Corrupt(
+                "the event stream accepts no more entries",
+            ))?;
+            replicate_xadd(ctx, events_name.as_ptr(), id, &entry);
+            events.stream_delete(id);
+            notify(
+                ctx,
+                raw::REDISMODULE_NOTIFY_STREAM,
+                c"xadd",
+                events_name.as_ptr(),
+            );
+            notify(
+                ctx,
+                raw::REDISMODULE_NOTIFY_STREAM,
+                c"xdel",
+                events_name.as_ptr(),
+            );
+            replicate_xdel(ctx, events_name.as_ptr(), id);
+        }
+    }
+
+    let mut hset: Vec<RawString> = Vec::with_capacity(2 * restoring.holders.len() + 3);
+    hset.push(restoring.coupon);
+    for [user, seq] in &restoring.holders {
+        coupon.hash_set(*user, *seq);
+        hset.extend([*user, *seq]);
+    }
+    if let Some(last) = &last_text {
+        coupon.hash_set(words.last_seq.as_ptr(), last.as_ptr());
+        hset.extend([words.last_seq.as_ptr(), last.as_ptr()]);
+    }
+    notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hset", restoring.coupon);
+    replicate_vector(ctx, c"HSET", &mut hset);
+    Ok(())
+}
+
 /// The writes of the low-level key API, usable from this file only.
 impl OpenKey {
     /// Sets two fields in one call, as one `HSET` would.
@@ -112,6 +221,29 @@ impl OpenKey {
                 ptr::null::<u8>(),
             );
         }
+    }
+
+    fn hash_set(&self, field: RawString, value: RawString) {
+        if self.ptr.is_null() {
+            return;
+        }
+        unsafe {
+            api!(RedisModule_HashSet)(
+                self.ptr,
+                raw::REDISMODULE_HASH_NONE as c_int,
+                field,
+                value,
+                ptr::null::<u8>(),
+            );
+        }
+    }
+
+    /// Deletes a stream entry (present: it was just added).
+    fn stream_delete(&self, mut id: raw::RedisModuleStreamID) {
+        if self.ptr.is_null() {
+            return;
+        }
+        unsafe { api!(RedisModule_StreamDelete)(self.ptr, &mut id) };
     }
 
     fn hash_del(&self, field: RawString) {
@@ -180,6 +312,43 @@ fn replicate_return(ctx: Ctx, target: &Target<'_>) {
     }
 }
 
+/// `<command> <args…>` for any number of server strings.
+fn replicate_vector(ctx: Ctx, command: &CStr, args: &mut [RawString]) {
+    unsafe {
+        api!(RedisModule_Replicate)(
+            ctx,
+            command.as_ptr(),
+            c"v".as_ptr(),
+            args.as_mut_ptr(),
+            args.len(),
+        );
+    }
+}
+
+/// `XDEL <events> <ms>-<seq>`.
+fn replicate_xdel(ctx: Ctx, events: RawString, id: raw::RedisModuleStreamID) {
+    let id_text = id_text(id);
+    unsafe {
+        api!(RedisModule_Replicate)(
+            ctx,
+            c"XDEL".as_ptr(),
+            c"sb".as_ptr(),
+            events,
+            id_text.as_ptr(),
+            id_text.len(),
+        );
+    }
+}
+
+fn id_text(id: raw::RedisModuleStreamID) -> String {
+    let mut buffer = itoa::Buffer::new();
+    let mut id_text = String::with_capacity(41);
+    id_text.push_str(buffer.format(id.ms));
+    id_text.push('-');
+    id_text.push_str(buffer.format(id.seq));
+    id_text
+}
+
 /// `XADD <events> <ms>-<seq> <fields…>`: the concrete ID makes the replica's entry identical.
 fn replicate_xadd(
     ctx: Ctx,
@@ -187,11 +356,7 @@ fn replicate_xadd(
     id: raw::RedisModuleStreamID,
     entry: &[RawString; 6],
 ) {
-    let mut buffer = itoa::Buffer::new();
-    let mut id_text = String::with_capacity(41);
-    id_text.push_str(buffer.format(id.ms));
-    id_text.push('-');
-    id_text.push_str(buffer.format(id.seq));
+    let id_text = id_text(id);
     let [f0, v0, f1, v1, f2, v2] = *entry;
     unsafe {
         api!(RedisModule_Replicate)(

@@ -12,6 +12,14 @@ pub enum CouponError {
     EmptyUser,
     #[error("limit must be an integer from 0 to 9223372036854775807")]
     InvalidLimit,
+    #[error("floor must be an integer from 0 to 9223372036854775807")]
+    InvalidFloor,
+    #[error("seq must be an integer from 1 to 9223372036854775807")]
+    InvalidSeq,
+    #[error("user '{0}' is named twice in one restore; nothing was changed")]
+    RepeatedUser(String),
+    #[error("seq {0} is named twice in one restore; nothing was changed")]
+    RepeatedSeq(i64),
     #[error("syntax error: WINDOW takes <start-unix-ms> <end-unix-ms>")]
     WindowArity,
     #[error("WINDOW bounds must be non-negative integers (unix milliseconds)")]

@@ -1,4 +1,4 @@
-//! The coupon rules: argument grammar, the issue/revoke decisions and when a write may go ahead.
+//! The coupon rules: argument grammar, the issue/revoke/restore decisions and when a write may go ahead.
 //!
 //! Nothing here touches Redis. The decisions read through [`CouponStore`] and return a
 //! [`Change`] for the caller to apply; [`guard_write`] says whether the server and the coupon's
@@ -9,12 +9,14 @@ mod args;
 mod decide;
 mod error;
 mod guard;
+mod restore;
 mod store;
 
 pub use args::{parse_int, parse_user, IssueArgs, Window};
 pub use decide::{decide_issue, decide_revoke, Change, IssueOutcome};
 pub use error::CouponError;
 pub use guard::{guard_write, Eviction, Presence, WriteConditions};
+pub use restore::{decide_restore, RestoreArgs, RestoreChange, RestoreDecision, RestoreOutcome};
 pub use store::CouponStore;
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ impl Metrics {
             Error::Server(_) => "server",
             Error::UnexpectedReply(_) => "reply",
             Error::InvalidInput(_) => "input",
+            Error::NotReplicated { .. } => "not_replicated",
         };
         self.redis_errors.with_label_values(&[kind]).inc();
     }

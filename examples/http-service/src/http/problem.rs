@@ -185,7 +185,8 @@ impl Problem {
     /// What an SDK error means to the client.
     pub fn from_sdk(error: &Error, retry_after_secs: u64) -> Self {
         match error {
-            Error::Timeout(_) | Error::Connection(_) => {
+            // Written but not yet on enough replicas: a retry is safe and waits again.
+            Error::Timeout(_) | Error::Connection(_) | Error::NotReplicated { .. } => {
                 Problem::unavailable(error.to_string(), retry_after_secs)
             }
             // Redis is there but cannot serve now (loading, failing over, out of memory…).

@@ -164,7 +164,7 @@ fn lone_revokes<'a>(sorted: &[&'a Event]) -> Vec<&'a Event> {
     for event in sorted {
         let key = (event.coupon.as_slice(), event.seq);
         match event.op {
-            Op::Issue => issued = Some(key),
+            Op::Issue | Op::Restore => issued = Some(key),
             Op::Revoke if issued != Some(key) => lone.push(*event),
             Op::Revoke => {}
         }

@@ -143,7 +143,7 @@ pub fn plan<'a>(events: &[&'a Event], mut present: HashMap<Key<'a>, Present>) ->
         };
         if let Some(row) = present.get_mut(&key) {
             let slot = match event.op {
-                Op::Issue => &row.issue,
+                Op::Issue | Op::Restore => &row.issue,
                 Op::Revoke => &row.revoke,
             };
             let refusal = match slot {
@@ -174,7 +174,7 @@ pub fn plan<'a>(events: &[&'a Event], mut present: HashMap<Key<'a>, Present>) ->
                         id: id.clone(),
                     };
                     match event.op {
-                        Op::Issue => {
+                        Op::Issue | Op::Restore => {
                             row.issue = Some(id);
                             plan.set_issue.push(half);
                         }
@@ -192,7 +192,7 @@ pub fn plan<'a>(events: &[&'a Event], mut present: HashMap<Key<'a>, Present>) ->
             Some(row) if row.key == key => row,
             _ => {
                 match event.op {
-                    Op::Issue => plan.new_rows.push(NewRow {
+                    Op::Issue | Op::Restore => plan.new_rows.push(NewRow {
                         key,
                         user: &event.user,
                         issue: Some((event.ts_ms, id)),
@@ -204,7 +204,7 @@ pub fn plan<'a>(events: &[&'a Event], mut present: HashMap<Key<'a>, Present>) ->
             }
         };
         let slot = match event.op {
-            Op::Issue => &mut row.issue,
+            Op::Issue | Op::Restore => &mut row.issue,
             Op::Revoke => &mut row.revoke,
         };
         match slot {

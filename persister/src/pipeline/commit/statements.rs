@@ -179,7 +179,7 @@ pub async fn set_halves(
     stats: &mut CommitStats,
 ) -> Result<(), sqlx::Error> {
     let (at, id_column) = match op {
-        Op::Issue => ("issued_at_ms", "issue_entry_id"),
+        Op::Issue | Op::Restore => ("issued_at_ms", "issue_entry_id"),
         Op::Revoke => ("revoked_at_ms", "revoke_entry_id"),
     };
     for (part, size) in padded_parts(halves, &LIST_SHAPES) {

@@ -26,6 +26,16 @@ pub enum Command {
     Run,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Compare the database with Redis coupon by coupon (after waiting for the group to
+    /// persist what is pending) and print every difference; exit status 2 if any.
+    Reconcile {
+        /// Longest wait for the group to persist every coupon's pending entries, in ms.
+        #[arg(long, default_value_t = 30_000)]
+        drain_timeout_ms: u64,
+    },
+    /// Put back into Redis, with COUPON.RESTORE, the holders and last seqs the database
+    /// knows (never overwriting: conflicts are printed); exit status 2 if any.
+    Restore,
 }
 
 /// Whether `--redis-url` names a node of a Redis Cluster.

@@ -52,10 +52,7 @@ pub async fn is_cluster<C: ConnectionLike + Send>(conn: &mut C) -> Result<bool, 
 /// Every node a `CLUSTER SLOTS` reply names: the primaries with their slots (in the order
 /// of their first slot), and every node (primaries and replicas) as `(host, port)`. A node
 /// listed with an empty or unknown host (`""`, `"?"`) is at `asked`'s host.
-pub fn parse_slots(
-    answer: &Value,
-    asked: &str,
-) -> Result<Slots, BadReply> {
+pub fn parse_slots(answer: &Value, asked: &str) -> Result<Slots, BadReply> {
     let mut primaries: Vec<Primary> = Vec::new();
     let mut nodes: Vec<(String, u16)> = Vec::new();
     let endpoint = |node: &Value| -> Result<(String, u16), BadReply> {

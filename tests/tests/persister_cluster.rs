@@ -102,7 +102,7 @@ struct ClusterLoad {
 impl ClusterLoad {
     fn start(cluster: &Cluster, coupons: Vec<String>, tag: &str) -> ClusterLoad {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut conn = cluster_connection(cluster);
+        let mut conn = Clicks::new(cluster);
         let (flag, tag) = (stop.clone(), tag.to_string());
         let handle = std::thread::spawn(move || {
             let mut ledger = Ledger::default();
@@ -143,21 +143,53 @@ impl Drop for ClusterLoad {
     }
 }
 
-/// Runs `command` until it is answered (a failover or a move may turn it away for seconds).
-fn answered<T: redis::FromRedisValue>(conn: &mut ClusterConnection, command: &redis::Cmd) -> T {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        match command.query::<T>(conn) {
-            Ok(answer) => return answer,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "no answer: {error}");
-                std::thread::sleep(Duration::from_millis(50));
+/// A cluster connection that connects again after a failure (the sync client keeps asking
+/// a dead primary otherwise).
+struct Clicks {
+    urls: Vec<String>,
+    conn: Option<ClusterConnection>,
+}
+
+impl Clicks {
+    fn new(cluster: &Cluster) -> Clicks {
+        Clicks {
+            urls: cluster.nodes.iter().map(|node| node.url()).collect(),
+            conn: Some(cluster_connection(cluster)),
+        }
+    }
+
+    /// Runs `command` until it is answered (a failover or a move may turn it away for
+    /// seconds).
+    fn answered<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd) -> T {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let outcome = match self.conn.as_mut() {
+                Some(conn) => command.query::<T>(conn),
+                None => ClusterClient::builder(self.urls.clone())
+                    .retries(40)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200)
+                    .build()
+                    .and_then(|client| client.get_connection())
+                    .and_then(|conn| command.query::<T>(self.conn.insert(conn))),
+            };
+            match outcome {
+                Ok(answer) => return answer,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "no answer: {error}");
+                    self.conn = None;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }
 }
 
-fn issue(conn: &mut ClusterConnection, ledger: &mut Ledger, coupon: &str, user: &str) {
+fn answered<T: redis::FromRedisValue>(conn: &mut Clicks, command: &redis::Cmd) -> T {
+    conn.answered(command)
+}
+
+fn issue(conn: &mut Clicks, ledger: &mut Ledger, coupon: &str, user: &str) {
     let mut command = redis::cmd("COUPON.ISSUE");
     command.arg(coupon).arg(user).arg(i64::MAX);
     // Each user is new: ISSUED, or DUPLICATE when an earlier attempt got through.
@@ -169,7 +201,7 @@ fn issue(conn: &mut ClusterConnection, ledger: &mut Ledger, coupon: &str, user: 
     );
 }
 
-fn revoke(conn: &mut ClusterConnection, ledger: &mut Ledger, coupon: &str, user: &str) {
+fn revoke(conn: &mut Clicks, ledger: &mut Ledger, coupon: &str, user: &str) {
     let mut command = redis::cmd("COUPON.REVOKE");
     command.arg(coupon).arg(user);
     let _: i64 = answered(conn, &command);
@@ -209,7 +241,7 @@ fn wait_no_pending(cluster: &Cluster, persister: &Persister) {
 /// Every entry of a coupon's stream, with its fields.
 type Entries = Vec<(String, BTreeMap<String, Vec<u8>>)>;
 
-fn stream_entries(conn: &mut ClusterConnection, stream: &[u8]) -> Entries {
+fn stream_entries(conn: &mut Clicks, stream: &[u8]) -> Entries {
     let mut command = redis::cmd("XRANGE");
     command.arg(stream).arg("-").arg("+");
     answered(conn, &command)
@@ -324,7 +356,7 @@ fn a_primary_killed_during_the_load_is_replaced_by_its_replica(flavor: Flavor) {
         ledger.rows.len()
     );
 
-    let mut conn = cluster_connection(&cluster);
+    let mut conn = Clicks::new(&cluster);
     let deadline = Instant::now() + LIMIT;
     loop {
         let rows = db_rows(&db.url()).expect("the rows");
@@ -353,7 +385,7 @@ fn a_primary_killed_during_the_load_is_replaced_by_its_replica(flavor: Flavor) {
 /// The stream entries Redis holds that the database does not record exactly (and that
 /// were not dead-lettered as conflicts).
 fn unpersisted(
-    conn: &mut ClusterConnection,
+    conn: &mut Clicks,
     coupons: &[String],
     rows: &[DbRow],
     letters: &[(Vec<u8>, String)],
@@ -390,7 +422,7 @@ fn unpersisted(
 
 /// `(stream, entry ID)` of every entry dead-lettered as a conflict, from the dead-letter
 /// keys of the coupons' slots.
-fn conflict_letters(conn: &mut ClusterConnection, coupons: &[String]) -> Vec<(Vec<u8>, String)> {
+fn conflict_letters(conn: &mut Clicks, coupons: &[String]) -> Vec<(Vec<u8>, String)> {
     let mut letters = Vec::new();
     for coupon in coupons {
         let key = dead_letter_key(&events_of(coupon));
@@ -436,7 +468,7 @@ fn dead_letters_stay_in_their_streams_slot(flavor: Flavor) {
     let cluster = Cluster::start(flavor);
     let db = MariaDb::start();
     let coupons = coupons_on_every_primary(&cluster, 1);
-    let mut conn = cluster_connection(&cluster);
+    let mut conn = Clicks::new(&cluster);
     let mut ledger = Ledger::default();
     let mut bad = Vec::new();
     for coupon in &coupons {

@@ -109,7 +109,13 @@ impl<'a> CouponKey<'a> {
 }
 
 /// Redis Cluster's hash tag: the bytes between the first `{` and the next `}`, if non-empty.
-pub(crate) fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+///
+/// ```
+/// use coupon_layout::hash_tag;
+/// assert_eq!(hash_tag(b"sale:events{sale}"), Some(&b"sale"[..]));
+/// assert_eq!(hash_tag(b"sale"), None);
+/// ```
+pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     let open = key.iter().position(|b| *b == b'{')?;
     let rest = &key[open + 1..];
     let len = rest.iter().position(|b| *b == b'}')?;

@@ -18,7 +18,7 @@ mod key;
 mod slot;
 
 pub use event::{EventField, Op, EVENT_FIELDS};
-pub use key::{CouponKey, KeyError};
+pub use key::{hash_tag, CouponKey, KeyError};
 pub use slot::hash_slot;
 
 /// The field of the coupon hash that holds the last seq issued. No user can be empty.

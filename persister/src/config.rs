@@ -3,7 +3,7 @@
 use crate::db::DEFAULT_DATABASE_URL;
 use crate::pipeline::commit::Limits;
 use crate::policy::RetryPolicy;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -26,6 +26,27 @@ pub enum Command {
     Run,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Compare the database with Redis coupon by coupon (after waiting for the group to
+    /// persist what is pending) and print every difference; exit status 2 if any.
+    Reconcile {
+        /// Longest wait for the group to persist every coupon's pending entries, in ms.
+        #[arg(long, default_value_t = 30_000)]
+        drain_timeout_ms: u64,
+    },
+    /// Put back into Redis, with COUPON.RESTORE, the holders and last seqs the database
+    /// knows (never overwriting: conflicts are printed); exit status 2 if any.
+    Restore,
+}
+
+/// Whether `--redis-url` names a node of a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterMode {
+    /// Asked at start (`INFO cluster`: `cluster_enabled:1`).
+    Auto,
+    /// A cluster node: every primary's streams are read.
+    Yes,
+    /// One server (a cluster node's own streams only).
+    No,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -103,6 +124,28 @@ pub struct Settings {
         global = true
     )]
     pub metrics_addr: String,
+
+    /// Whether --redis-url is a node of a Redis Cluster: then the primaries are found with
+    /// CLUSTER SLOTS and each is read by a pipeline of its own (same credentials and TLS).
+    #[arg(
+        long,
+        env = "COUPON_PERSISTER_CLUSTER",
+        value_enum,
+        default_value_t = ClusterMode::Auto,
+        global = true
+    )]
+    pub cluster: ClusterMode,
+
+    /// On a cluster, how often to look the primaries up again, in ms (also at once when a
+    /// node turns a stream away or stops answering).
+    #[arg(
+        long,
+        env = "COUPON_PERSISTER_TOPOLOGY_REFRESH_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(10..),
+        global = true
+    )]
+    pub topology_refresh_ms: u64,
 
     /// SCAN pattern of the coupon event streams; of the streams it matches, only those a
     /// coupon would have (`K:events{K}`, or `K:events` for a key with a hash tag) are taken.

@@ -2,7 +2,7 @@
 //! once on a configuration that can never work), migrates, then runs the pipeline with
 //! maintenance and the health probes beside it until shutdown.
 
-use crate::config::Settings;
+use crate::config::{ClusterMode, Settings};
 use crate::db::migrate::{self, Failure};
 use crate::db::{redact, Backend, Db};
 use crate::health;
@@ -13,13 +13,16 @@ use crate::pipeline::read::{ReadConfig, Reader};
 use crate::pipeline::settle::Settler;
 use crate::pipeline::write::{Committer, WriteConfig};
 use crate::pipeline::{Pipeline, Reads};
-use crate::policy::{Shutdown, Stopped, Until, Verdict};
+use crate::policy::{Shutdown, Stopped, Trigger, Until, Verdict};
+use crate::topology::{self, Topology};
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 
 /// Opens a Redis connection that reconnects by itself after a server restart, and checks
 /// that the server takes our commands (a refused password shows here, not later).
@@ -105,7 +108,17 @@ pub async fn migrate_only(
     }
 }
 
-/// Connects, migrates, and runs until shutdown.
+/// What every node's pipeline shares: the settings, the database and the metrics.
+struct Shared {
+    settings: Settings,
+    database_url: String,
+    db: Db,
+    metrics: Arc<Metrics>,
+    consumer: String,
+}
+
+/// Connects, migrates, and runs until shutdown: one pipeline for one server, or one per
+/// primary of a Redis Cluster (see [`crate::topology`]).
 pub async fn run(
     settings: Settings,
     database_url: String,
@@ -129,13 +142,178 @@ pub async fn run(
         |failure| matches!(failure, Failure::Fatal(_)),
     )
     .await?;
+    let cluster = match settings.cluster {
+        ClusterMode::Yes => true,
+        ClusterMode::No => false,
+        ClusterMode::Auto => {
+            // Waited for: Redis may be down at start.
+            let ask = || async {
+                let mut conn = redis_connection(&client).await?;
+                topology::is_cluster(&mut conn).await
+            };
+            let asked = until_ready(
+                "connecting to Redis",
+                &settings,
+                &metrics,
+                &shutdown,
+                ask,
+                redis_config_error,
+            )
+            .await?;
+            // Shutdown before Redis ever answered.
+            let Some(cluster) = asked else {
+                return Ok(());
+            };
+            cluster
+        }
+    };
+    let consumer = settings.consumer_name();
+    let shared = Arc::new(Shared {
+        settings,
+        database_url,
+        db,
+        metrics,
+        consumer,
+    });
+    if cluster {
+        check_dead_letter_name(&shared.settings.dead_letter_stream)?;
+        run_cluster(shared, client, shutdown).await
+    } else {
+        run_node(&shared, client, None, None, shutdown).await
+    }
+}
+
+/// On a cluster, dead letters go to `<name>{<tag>}`: a name with braces would carry its own
+/// hash tag (another slot), and a name ending in `:events` would make `<name>{<tag>}` the
+/// event stream of coupon `<tag>`.
+fn check_dead_letter_name(name: &str) -> anyhow::Result<()> {
+    if name.contains(['{', '}']) {
+        anyhow::bail!(
+            "--dead-letter-stream {name:?}: on a cluster, dead letters go to \
+             `<name>{{<stream's hash tag>}}`, so the name must not have braces of its own"
+        );
+    }
+    if name.ends_with(":events") {
+        anyhow::bail!(
+            "--dead-letter-stream {name:?}: on a cluster, `<name>{{<tag>}}` would be a \
+             coupon's event stream; choose a name not ending in \":events\""
+        );
+    }
+    Ok(())
+}
+
+/// One pipeline per primary, each under its own shutdown: started for new primaries,
+/// stopped for nodes no longer primaries (their uncommitted entries stay pending in the
+/// group and move with the keys: the new owner's pipeline reads them again).
+async fn run_cluster(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let refresh = Arc::new(Notify::new());
+    let every = Duration::from_millis(shared.settings.topology_refresh_ms);
+    let mut topology = Topology::new(client.clone());
+    let mut running: BTreeMap<String, (Trigger, JoinHandle<()>)> = BTreeMap::new();
+    let mut stopping: Vec<JoinHandle<()>> = Vec::new();
+    let mut failures = Repeats::default();
+    tracing::info!(
+        group = %shared.settings.group,
+        consumer = %shared.consumer,
+        redis = %redact(&shared.settings.redis_url),
+        "Redis Cluster: one pipeline per primary"
+    );
+    while !shutdown.requested() {
+        match topology.primaries().await {
+            Ok(primaries) => {
+                if failures.clear() > 0 {
+                    tracing::info!("the cluster's primaries can be looked up again");
+                }
+                let now = topology::by_address(&primaries);
+                for (address, (trigger, handle)) in std::mem::take(&mut running) {
+                    if now.contains_key(&address) && !handle.is_finished() {
+                        running.insert(address, (trigger, handle));
+                    } else {
+                        tracing::info!(node = %address, "no longer a primary: stopping its pipeline");
+                        trigger.fire();
+                        shared.metrics.forget_node(&address);
+                        stopping.push(handle);
+                    }
+                }
+                for (address, primary) in now {
+                    if running.contains_key(&address) {
+                        continue;
+                    }
+                    let node = match topology::client_for(&client, &primary.host, primary.port) {
+                        Ok(node) => node,
+                        Err(error) => {
+                            tracing::warn!(node = %address, %error, "cannot address the node");
+                            continue;
+                        }
+                    };
+                    tracing::info!(node = %address, slots = ?primary.slots, "primary: starting its pipeline");
+                    let (trigger, child) = shutdown.child();
+                    let (shared, refresh, label) =
+                        (shared.clone(), refresh.clone(), address.clone());
+                    let handle = tokio::spawn(async move {
+                        if let Err(error) =
+                            run_node(&shared, node, Some(label.clone()), Some(refresh), child).await
+                        {
+                            tracing::warn!(node = %label, "the node's pipeline stopped: {error:#}");
+                        }
+                    });
+                    running.insert(address, (trigger, handle));
+                }
+            }
+            Err(error) => {
+                shared.metrics.error("redis_topology");
+                if let Some(unlogged) = failures.note(Instant::now()) {
+                    tracing::warn!(%error, unlogged, "cannot look up the cluster's primaries");
+                }
+            }
+        }
+        stopping.retain(|handle| !handle.is_finished());
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = refresh.notified() => {
+                // Several pipelines may ask at once; one look a little later answers them all.
+                shutdown.pause(Duration::from_millis(100)).await;
+            }
+            () = shutdown.requested_wait() => {}
+        }
+    }
+    for (_, (_, handle)) in running {
+        let _ = handle.await;
+    }
+    for handle in stopping {
+        let _ = handle.await;
+    }
+    tracing::info!("persister stopped");
+    Ok(())
+}
+
+/// The pipeline of one server (`node`: its `host:port` on a cluster), until `shutdown`.
+async fn run_node(
+    shared: &Shared,
+    client: redis::Client,
+    node: Option<String>,
+    refresh: Option<Arc<Notify>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let Shared {
+        settings,
+        database_url,
+        db,
+        metrics,
+        consumer,
+    } = shared;
+    let (db, metrics, consumer) = (db.clone(), metrics.clone(), consumer.clone());
     let connect = || redis_connection(&client);
     let what = "connecting to Redis";
     let mut connections = Vec::new();
     for _ in 0..3 {
         let conn = until_ready(
             what,
-            &settings,
+            settings,
             &metrics,
             &shutdown,
             connect,
@@ -148,14 +326,19 @@ pub async fn run(
         .try_into()
         .map_err(|_| anyhow::anyhow!("{what}: no connection"))?;
 
-    let consumer = settings.consumer_name();
-    tracing::info!(
-        group = %settings.group,
-        %consumer,
-        redis = %redact(&settings.redis_url),
-        database = %redact(&database_url),
-        "persister started"
-    );
+    let cluster = node.is_some();
+    let node = node.unwrap_or_default();
+    if cluster {
+        tracing::info!(%node, "reading the node's coupon streams");
+    } else {
+        tracing::info!(
+            group = %settings.group,
+            %consumer,
+            redis = %redact(&settings.redis_url),
+            database = %redact(database_url),
+            "persister started"
+        );
+    }
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
     let maintenance = Maintenance::new(
@@ -169,6 +352,8 @@ pub async fn run(
             trim_every: (settings.trim_interval_ms > 0)
                 .then(|| Duration::from_millis(settings.trim_interval_ms)),
             db_timeout: settings.db_limits().statements,
+            dead_letter_stream: settings.dead_letter_stream.clone(),
+            node: node.clone(),
         },
         maintain_conn,
         db.clone(),
@@ -184,6 +369,7 @@ pub async fn run(
             group: settings.group.clone(),
             consumer,
             claim_idle: settings.claim_idle(),
+            by_slot: cluster,
         },
     );
     let reads = Reads::new(
@@ -196,6 +382,10 @@ pub async fn run(
         shutdown.clone(),
         settings.retry().backoff(),
     );
+    let reads = match refresh {
+        Some(refresh) => reads.with_refresh(refresh),
+        None => reads,
+    };
     let config = WriteConfig {
         group: settings.group.clone(),
         max_deliveries: settings.max_deliveries,
@@ -207,6 +397,7 @@ pub async fn run(
             Backend::MySql => 2,
             Backend::Sqlite => 1,
         },
+        cluster,
     };
     let (settle_tx, settle_rx) = mpsc::channel(4);
     let settler = Settler::new(
@@ -220,6 +411,71 @@ pub async fn run(
     Pipeline::new(reads, committer, settle_tx).run().await;
     let _ = settler.await;
     let _ = maintenance.await;
-    tracing::info!("persister stopped");
+    if cluster {
+        tracing::info!(%node, "the node's pipeline stopped");
+    } else {
+        tracing::info!("persister stopped");
+    }
     Ok(())
+}
+
+/// Whether `--redis-url` is a cluster node, as `--cluster` says or the server answers.
+async fn is_cluster(settings: &Settings, client: &redis::Client) -> anyhow::Result<bool> {
+    Ok(match settings.cluster {
+        ClusterMode::Yes => true,
+        ClusterMode::No => false,
+        ClusterMode::Auto => {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .context("connecting to Redis")?;
+            topology::is_cluster(&mut conn).await?
+        }
+    })
+}
+
+/// The `reconcile` and `restore` subcommands: the number of differences or conflicts found.
+pub async fn repair(
+    settings: &Settings,
+    database_url: &str,
+    command: &crate::config::Command,
+) -> anyhow::Result<usize> {
+    use crate::config::Command;
+    use crate::repair;
+    let db = Db::open(database_url)?;
+    let client = redis::Client::open(settings.redis_url.as_str()).context("--redis-url")?;
+    let cluster = is_cluster(settings, &client).await?;
+    let drain = match command {
+        Command::Reconcile { drain_timeout_ms } => Some(Duration::from_millis(*drain_timeout_ms)),
+        _ => None,
+    };
+    if cluster {
+        let conn = redis::cluster::ClusterClient::builder(vec![settings.redis_url.as_str()])
+            .retries(10)
+            .build()?
+            .get_async_connection()
+            .await
+            .context("connecting to the cluster")?;
+        match drain {
+            Some(drain) => {
+                let mut conn = conn;
+                repair::reconcile(&mut conn, &db, &settings.group, drain).await
+            }
+            None => {
+                let coupons = coupon_sdk::Coupons::connect(conn).await?;
+                Ok(repair::restore(&coupons, &db).await?.conflicts)
+            }
+        }
+    } else {
+        let mut conn = redis_connection(&client)
+            .await
+            .context("connecting to Redis")?;
+        match drain {
+            Some(drain) => repair::reconcile(&mut conn, &db, &settings.group, drain).await,
+            None => {
+                let coupons = coupon_sdk::Coupons::connect(conn).await?;
+                Ok(repair::restore(&coupons, &db).await?.conflicts)
+            }
+        }
+    }
 }

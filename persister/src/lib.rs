@@ -20,4 +20,6 @@ pub mod maintain;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod repair;
 pub mod reply;
+pub mod topology;

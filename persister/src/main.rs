@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // One line that says what is wrong.
         Err(error) => {
             tracing::error!("{error:#}");
@@ -32,7 +32,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Exit status of `reconcile` and `restore` when they found differences or conflicts.
+const FOUND: u8 = 2;
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.settings;
     settings.validate()?;
     let (database_url, source) = settings.database_url()?;
@@ -50,7 +53,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let wait = Duration::from_secs(60);
         daemon::migrate_only(&settings, &database_url, &metrics, wait).await?;
         tracing::info!("migrations applied");
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(command @ (Command::Reconcile { .. } | Command::Restore)) = &cli.command {
+        let found = daemon::repair(&settings, &database_url, command).await?;
+        return Ok(if found == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(FOUND)
+        });
     }
 
     // Bound before anything else: a port already taken stops the start.
@@ -73,5 +84,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(listener) = listener {
         tokio::spawn(http::serve(listener, metrics.clone()));
     }
-    daemon::run(settings, database_url, metrics, shutdown).await
+    daemon::run(settings, database_url, metrics, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,8 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct Metrics {
@@ -29,6 +31,19 @@ pub struct Metrics {
     pub streams_ignored: IntGauge,
     pub up: IntGaugeVec,
     pub health: Health,
+    /// Each Redis node's share of the sampled gauges (one node, "", outside a cluster).
+    nodes: Mutex<BTreeMap<String, NodeGauges>>,
+}
+
+/// One node's share of the gauges over all streams: summed over the nodes (the oldest
+/// entry's age: the highest).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct NodeGauges {
+    pub streams: i64,
+    pub streams_ignored: i64,
+    pub pending: i64,
+    pub backlog: i64,
+    pub oldest_seconds: f64,
 }
 
 type MetricResult<T> = Result<T, prometheus::Error>;
@@ -187,6 +202,7 @@ impl Metrics {
                 metric
             },
             health: Health::default(),
+            nodes: Mutex::default(),
             registry,
         })
     }
@@ -197,6 +213,36 @@ impl Metrics {
 
     pub fn retry(&self, stage: &str) {
         self.retries.with_label_values(&[stage]).inc();
+    }
+
+    /// Updates one node's share of the stream gauges, and the gauges.
+    pub fn node_gauges(&self, node: &str, update: impl FnOnce(&mut NodeGauges)) {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        update(nodes.entry(node.to_string()).or_default());
+        self.set_totals(&nodes);
+    }
+
+    /// Drops a node's share (its pipeline stopped: the node is no longer a primary).
+    pub fn forget_node(&self, node: &str) {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        nodes.remove(node);
+        self.set_totals(&nodes);
+    }
+
+    fn set_totals(&self, nodes: &BTreeMap<String, NodeGauges>) {
+        let total = |share: fn(&NodeGauges) -> i64| nodes.values().map(share).sum::<i64>();
+        self.streams.set(total(|g| g.streams));
+        self.streams_ignored.set(total(|g| g.streams_ignored));
+        self.pending.set(total(|g| g.pending));
+        self.backlog.set(total(|g| g.backlog));
+        let oldest = nodes.values().map(|g| g.oldest_seconds).fold(0.0, f64::max);
+        self.oldest_seconds.set(oldest);
     }
 
     pub fn render(&self) -> Result<String, prometheus::Error> {

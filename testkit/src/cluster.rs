@@ -1,5 +1,6 @@
-//! A small Redis Cluster on loopback: three masters with the module, slots spread by redis-cli;
-//! and the steps of moving a slot between them, by hand or with `redis-cli --cluster reshard`.
+//! A small Redis Cluster on loopback: three masters with the module (and, if asked, replicas),
+//! slots spread by redis-cli; the steps of moving a slot between them, by hand or with
+//! `redis-cli --cluster reshard`; and a primary killed for its replica to take over.
 
 use crate::{Flavor, Server};
 use coupon_layout::hash_slot;
@@ -7,19 +8,41 @@ use std::ops::RangeInclusive;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Three cluster-enabled masters holding all 16384 slots; killed on drop.
+/// Three cluster-enabled masters holding all 16384 slots, each with its replicas if asked;
+/// killed on drop.
 pub struct Cluster {
     pub nodes: Vec<Server>,
 }
 
-impl Cluster {
-    pub fn start(flavor: Flavor) -> Cluster {
-        let nodes: Vec<Server> = (0..3)
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    flavor: Flavor,
+    replicas: usize,
+    node_timeout_ms: u64,
+}
+
+impl ClusterBuilder {
+    /// Replicas per primary (0 by default).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// `cluster-node-timeout`: how long a silent primary takes to be failed over.
+    pub fn node_timeout(mut self, ms: u64) -> Self {
+        self.node_timeout_ms = ms;
+        self
+    }
+
+    pub fn start(self) -> Cluster {
+        let timeout = self.node_timeout_ms.to_string();
+        let nodes: Vec<Server> = (0..3 * (1 + self.replicas))
             .map(|_| {
-                Server::builder(flavor)
+                Server::builder(self.flavor)
                     .arg("cluster-enabled", "yes")
                     .arg("cluster-config-file", "nodes.conf")
-                    .arg("cluster-node-timeout", "5000")
+                    .arg("cluster-node-timeout", &timeout)
                     .start()
             })
             .collect();
@@ -29,7 +52,11 @@ impl Cluster {
             create.arg(format!("127.0.0.1:{}", node.port()));
         }
         let output = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args([
+                "--cluster-replicas",
+                &self.replicas.to_string(),
+                "--cluster-yes",
+            ])
             .output()
             .expect("redis-cli (apt-get install redis-tools) creates the cluster");
         assert!(
@@ -39,7 +66,104 @@ impl Cluster {
         );
         let cluster = Cluster { nodes };
         cluster.wait_until_ok();
+        if self.replicas > 0 {
+            cluster.wait_for_replicas(3 * self.replicas);
+        }
         cluster
+    }
+}
+
+impl Cluster {
+    pub fn start(flavor: Flavor) -> Cluster {
+        Cluster::builder(flavor).start()
+    }
+
+    pub fn builder(flavor: Flavor) -> ClusterBuilder {
+        ClusterBuilder {
+            flavor,
+            replicas: 0,
+            node_timeout_ms: 5000,
+        }
+    }
+
+    /// The nodes running and serving slots as primaries, by their own account, in the
+    /// order of their first slot.
+    pub fn primaries(&self) -> Vec<usize> {
+        let mut primaries: Vec<(u16, usize)> = (0..self.nodes.len())
+            .filter(|&node| self.nodes[node].is_running())
+            .filter_map(|node| {
+                let first = self.slots_of(node).iter().map(|r| *r.start()).min()?;
+                Some((first, node))
+            })
+            .collect();
+        primaries.sort();
+        primaries.into_iter().map(|(_, node)| node).collect()
+    }
+
+    /// `kill -9` of the `i`-th primary (see [`Cluster::primaries`]); its node index.
+    pub fn kill_primary(&mut self, i: usize) -> usize {
+        let node = self.primaries()[i];
+        self.nodes[node].kill();
+        node
+    }
+
+    /// Waits until the running nodes serve every slot again (a replica of each killed
+    /// primary took over) and all of them say `cluster_state:ok`.
+    pub fn wait_for_failover(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let served: usize = self
+                .primaries()
+                .iter()
+                .flat_map(|&node| self.slots_of(node))
+                .map(|range| usize::from(range.end() - range.start()) + 1)
+                .sum();
+            if served == 16384 && self.all_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failover within {limit:?}: {served} slots served"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn all_ok(&self) -> bool {
+        self.running().all(|node| {
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query::<String>(&mut node.connect())
+                .is_ok_and(|info| info.contains("cluster_state:ok"))
+        })
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Server> {
+        self.nodes.iter().filter(|node| node.is_running())
+    }
+
+    /// Waits until `count` replicas have synced with their primaries.
+    fn wait_for_replicas(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = self
+                .running()
+                .filter(|node| {
+                    redis::cmd("INFO")
+                        .arg("replication")
+                        .query::<String>(&mut node.connect())
+                        .is_ok_and(|info| info.contains("master_link_status:up"))
+                })
+                .count();
+            if synced >= count && self.all_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{synced} of {count} replicas synced after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -80,6 +204,7 @@ impl Cluster {
     /// The node that serves `slot` by its own account; panics unless exactly one does.
     pub fn owner_of(&self, slot: u16) -> usize {
         let owners: Vec<usize> = (0..self.nodes.len())
+            .filter(|&node| self.nodes[node].is_running())
             .filter(|&node| {
                 self.slots_of(node)
                     .iter()
@@ -170,7 +295,7 @@ impl Cluster {
 
     fn wait_until_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        for node in &self.nodes {
+        for node in self.running() {
             loop {
                 let info: String = redis::cmd("CLUSTER")
                     .arg("INFO")

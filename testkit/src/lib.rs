@@ -33,7 +33,7 @@ mod server;
 mod stack;
 
 pub use build::{http_service_path, module_path, persister_path};
-pub use cluster::{key_in_slot, Cluster};
+pub use cluster::{key_in_slot, Cluster, ClusterBuilder};
 pub use mariadb::MariaDb;
 pub use persister::{
     assert_persisted, assert_redis_matches, db_rows, differences, event_streams, events_key,

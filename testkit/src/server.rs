@@ -32,6 +32,16 @@ impl Flavor {
     }
 }
 
+impl Flavor {
+    /// Whether this machine can start servers of this flavor.
+    pub fn available(self) -> bool {
+        match self {
+            Flavor::Redis => which("redis-server").is_some(),
+            Flavor::Valkey => valkey_binary().is_some(),
+        }
+    }
+}
+
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -123,6 +133,11 @@ impl Server {
 
     pub fn flavor(&self) -> Flavor {
         self.config.flavor
+    }
+
+    /// Whether the process runs (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn port(&self) -> u16 {

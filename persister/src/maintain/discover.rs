@@ -6,6 +6,7 @@
 //! joined, logged once.
 
 use crate::event::StreamKey;
+use crate::pipeline::read::redirected;
 use crate::reply::{self, BadReply};
 use coupon_layout::{CouponKey, LAST_SEQ_FIELD};
 use redis::aio::ConnectionLike;
@@ -44,6 +45,18 @@ pub struct Discovery {
     known: HashSet<StreamKey>,
     /// Streams ignored and logged.
     ignored: HashSet<StreamKey>,
+    /// The dead-letter stream: never adopted, nor its per-slot keys `<name>{<tag>}`.
+    dead_letter: Option<Vec<u8>>,
+}
+
+/// Whether `key` is the dead-letter stream `name`, or one of its per-slot keys on a cluster
+/// (`<name>{<tag>}`).
+pub fn is_dead_letter(name: &[u8], key: &[u8]) -> bool {
+    key == name
+        || key
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(b"{"))
+            .is_some_and(|tag| tag.ends_with(b"}"))
 }
 
 impl Discovery {
@@ -53,7 +66,14 @@ impl Discovery {
             group,
             known: HashSet::new(),
             ignored: HashSet::new(),
+            dead_letter: None,
         }
+    }
+
+    /// Never adopts the dead-letter stream `name` (nor its per-slot keys).
+    pub fn skipping(mut self, name: String) -> Discovery {
+        self.dead_letter = Some(name.into_bytes());
+        self
     }
 
     pub fn known(&self) -> impl Iterator<Item = &StreamKey> {
@@ -100,6 +120,11 @@ impl Discovery {
                 let stream: StreamKey = Arc::from(reply::bytes(key)?);
                 if self.known.contains(&stream) {
                     continue;
+                }
+                if let Some(name) = &self.dead_letter {
+                    if is_dead_letter(name, &stream) {
+                        continue;
+                    }
                 }
                 if CouponKey::of_events_key(&stream).is_none() {
                     found.ignored += 1;
@@ -148,6 +173,10 @@ impl Discovery {
         let answers: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
         let mut join = Vec::new();
         for (stream, pair) in candidates.iter().zip(answers.chunks(2)) {
+            // Seen in a slot this node does not serve (yet): its owner adopts it.
+            if pair.iter().any(|a| matches!(a, Err(e) if redirected(e))) {
+                continue;
+            }
             let is_coupon = matches!(pair.first(), Some(Ok(Value::Int(1))));
             let has_group = matches!(pair.get(1), Some(Ok(_)));
             if has_group {
@@ -206,5 +235,20 @@ impl Discovery {
         self.adopt(conn, std::slice::from_ref(stream), &mut found)
             .await?;
         Ok(!found.joined.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_keys_are_the_name_or_the_name_with_a_tag() {
+        let name = b"coupon-persister:dead-letter";
+        assert!(is_dead_letter(name, name));
+        assert!(is_dead_letter(name, b"coupon-persister:dead-letter{sale}"));
+        assert!(!is_dead_letter(name, b"coupon-persister:dead-letter-2"));
+        assert!(!is_dead_letter(name, b"coupon-persister:dead-letter{sale"));
+        assert!(!is_dead_letter(name, b"sale:events{sale}"));
     }
 }

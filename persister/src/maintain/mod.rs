@@ -38,6 +38,11 @@ pub struct MaintainConfig {
     pub trim_every: Option<Duration>,
     /// Longest a checkpoint query may take.
     pub db_timeout: Duration,
+    /// The dead-letter stream's name: never adopted, nor (on a cluster) its per-slot keys.
+    pub dead_letter_stream: String,
+    /// The node this maintenance looks after (`host:port` on a cluster, "" on one server):
+    /// its share of the gauges.
+    pub node: String,
 }
 
 impl MaintainConfig {
@@ -116,7 +121,8 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
         control: mpsc::UnboundedSender<Control>,
         lost: mpsc::UnboundedReceiver<Lost>,
     ) -> Maintenance<C> {
-        let discovery = Discovery::new(config.pattern.clone(), config.group.clone());
+        let discovery = Discovery::new(config.pattern.clone(), config.group.clone())
+            .skipping(config.dead_letter_stream.clone());
         Maintenance {
             config,
             conn,
@@ -215,8 +221,11 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
             }
         };
         succeeded(&mut self.failures.discover, "discovering coupon streams");
-        self.metrics.streams.set(count(self.discovery.count()));
-        self.metrics.streams_ignored.set(count(found.ignored));
+        let (streams, ignored) = (count(self.discovery.count()), count(found.ignored));
+        self.metrics.node_gauges(&self.config.node, |g| {
+            g.streams = streams;
+            g.streams_ignored = ignored;
+        });
         if !found.newly_ignored.is_empty() {
             let names = some_names(
                 found.newly_ignored.iter().map(|(s, _)| s),
@@ -258,12 +267,14 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
         };
         succeeded(&mut self.failures.sample, "sampling the streams");
         let totals = sample::totals(&states, &group);
-        self.metrics.pending.set(count_u64(totals.pending));
-        self.metrics.backlog.set(count_u64(totals.backlog));
         let oldest_ms = totals.oldest.map_or(0, |id: EntryId| {
             (now_ms() - i64::try_from(id.ms).unwrap_or(i64::MAX)).max(0)
         });
-        self.metrics.oldest_seconds.set(oldest_ms as f64 / 1000.0);
+        self.metrics.node_gauges(&self.config.node, |g| {
+            g.pending = count_u64(totals.pending);
+            g.backlog = count_u64(totals.backlog);
+            g.oldest_seconds = oldest_ms as f64 / 1000.0;
+        });
         self.with_pending = states
             .iter()
             .filter(|state| state.group(&group).is_some_and(|g| g.pending > 0))
@@ -396,6 +407,12 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
                     tracing::debug!(stream = %shown, %error, "cannot look at a lost stream");
                 }
             },
+            Fault::Moved(error) => {
+                // Its slot is served elsewhere now (or for a moment by no one): the owner's
+                // pipeline adopts it, with the entries still pending in the group.
+                self.discovery.forget(&lost.stream);
+                tracing::debug!(stream = %shown, %error, "the stream is not served here any more");
+            }
             fault => {
                 self.discovery.forget(&lost.stream);
                 if self.logged_faults.len() < 100_000
@@ -404,7 +421,7 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
                     let why = match fault {
                         Fault::WrongType => "the key no longer holds a stream".to_string(),
                         Fault::Other(error) => error.clone(),
-                        Fault::NoGroup => String::new(),
+                        Fault::NoGroup | Fault::Moved(_) => String::new(),
                     };
                     tracing::warn!(
                         stream = %shown,
@@ -415,7 +432,9 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
                 }
             }
         }
-        self.metrics.streams.set(count(self.discovery.count()));
+        let streams = count(self.discovery.count());
+        self.metrics
+            .node_gauges(&self.config.node, |g| g.streams = streams);
     }
 }
 

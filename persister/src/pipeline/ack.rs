@@ -110,7 +110,7 @@ pub struct Letter {
 /// details, then the original fields prefixed with `entry.`.
 pub async fn dead_letter<C: ConnectionLike + Send>(
     conn: &mut C,
-    dead_letter_stream: &str,
+    dead_letter_stream: &[u8],
     group: &str,
     entry: &RawEntry,
     letter: &Letter,

@@ -25,7 +25,7 @@ use read::{Lost, ReadError, Reader, Vanished};
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use write::{Committer, Written};
 
 /// Longest `XREADGROUP … BLOCK` while no batch is open: bounds how long SIGTERM waits for a
@@ -54,6 +54,9 @@ pub struct Reads<C> {
     /// Entries read that did not fit in the last batch: the next one starts with them.
     carry: Vec<RawEntry>,
     failures: Repeats,
+    /// On a cluster: asks for the primaries to be looked up again (a stream turned away by
+    /// its node, or the node not answering).
+    refresh: Option<Arc<Notify>>,
 }
 
 pub struct Pipeline<R> {
@@ -188,6 +191,19 @@ impl<C: ConnectionLike + Send> Reads<C> {
             backoff,
             carry: Vec::new(),
             failures: Repeats::default(),
+            refresh: None,
+        }
+    }
+
+    /// On a cluster: `refresh` is notified when the topology may have changed.
+    pub fn with_refresh(mut self, refresh: Arc<Notify>) -> Reads<C> {
+        self.refresh = Some(refresh);
+        self
+    }
+
+    fn ask_refresh(&self) {
+        if let Some(refresh) = &self.refresh {
+            refresh.notify_one();
         }
     }
 
@@ -204,6 +220,9 @@ impl<C: ConnectionLike + Send> Reads<C> {
     /// Hands the streams the reader dropped to maintenance.
     fn report_lost(&mut self) {
         for lost in self.reader.take_lost() {
+            if matches!(lost.fault, read::Fault::Moved(_)) {
+                self.ask_refresh();
+            }
             // Maintenance gone means shutting down: nothing to report to.
             let _ = self.lost.send(lost);
         }
@@ -222,6 +241,10 @@ impl<C: ConnectionLike + Send> Reads<C> {
         self.metrics.error(error.label());
         self.metrics.retry("read");
         self.metrics.health.stage_failed("read", error);
+        if matches!(error, ReadError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || read::redirected(e))
+        {
+            self.ask_refresh();
+        }
         let delay = self.backoff.next_delay();
         if let Some(unlogged) = self.failures.note(Instant::now()) {
             tracing::warn!(%error, ?delay, unlogged, "reading the streams failed; retrying");

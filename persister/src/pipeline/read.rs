@@ -9,6 +9,7 @@
 
 use crate::event::{EntryId, RawEntry, Source, StreamKey};
 use crate::reply::{self, BadReply};
+use coupon_layout::hash_slot;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Value};
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -42,17 +43,36 @@ pub enum Fault {
     WrongType,
     /// Anything else Redis said about this key.
     Other(String),
+    /// A cluster node no longer serves the stream's slot (`MOVED`, `ASK`), or cannot serve
+    /// it for now (`TRYAGAIN`, `CLUSTERDOWN`): forgotten on this node; the owner's pipeline
+    /// adopts it.
+    Moved(String),
 }
 
 impl Fault {
-    fn of(error: &RedisError) -> Fault {
+    pub fn of(error: &RedisError) -> Fault {
         match error.code() {
             Some("NOGROUP") => Fault::NoGroup,
             Some("WRONGTYPE") => Fault::WrongType,
+            _ if redirected(error) => Fault::Moved(error.to_string()),
             _ => Fault::Other(error.to_string()),
         }
     }
 }
+
+/// Whether a cluster node turned a command away because of where its keys' slot is served:
+/// elsewhere (`MOVED`, `ASK`), split between two nodes (`TRYAGAIN`) or by no one reachable
+/// (`CLUSTERDOWN`). Never seen outside a cluster.
+pub fn redirected(error: &RedisError) -> bool {
+    matches!(
+        error.code(),
+        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
+    )
+}
+
+/// Longest wait between two polls of the streams of several slots (see
+/// [`Reader::read_new`]).
+const POLL_EVERY: Duration = Duration::from_millis(10);
 
 /// A stream dropped from reading, for maintenance to look into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +100,9 @@ pub struct ReadConfig {
     pub consumer: String,
     /// Entries idle this long in another consumer's hands are taken over.
     pub claim_idle: Duration,
+    /// On a cluster node: one command names streams of one hash slot only (a command over
+    /// several slots is refused with `CROSSSLOT`).
+    pub by_slot: bool,
 }
 
 /// An entry whose payload is gone although it is still pending.
@@ -179,9 +202,16 @@ impl<C: ConnectionLike + Send> Reader<C> {
     /// Up to about `count` of this consumer's own pending entries (payload-less ones
     /// included, for the caller to raise the alarm about), from many streams at once.
     pub async fn read_own_pending(&mut self, count: usize) -> Result<Vec<RawEntry>, ReadError> {
+        let slot = self
+            .own_pending
+            .keys()
+            .next()
+            .map(|stream| hash_slot(stream));
+        let by_slot = self.config.by_slot;
         let chunk: Vec<(StreamKey, EntryId)> = self
             .own_pending
             .iter()
+            .filter(|(stream, _)| !by_slot || Some(hash_slot(stream)) == slot)
             .take(STREAMS_PER_COMMAND.min(count.max(1)))
             .map(|(stream, cursor)| (stream.clone(), *cursor))
             .collect();
@@ -207,7 +237,7 @@ impl<C: ConnectionLike + Send> Reader<C> {
             Ok(answer) => answer,
             Err(error) => {
                 let streams: Vec<StreamKey> = chunk.into_iter().map(|(s, _)| s).collect();
-                return self.isolate(&streams, error).await.map(|()| Vec::new());
+                return self.refused(&streams, error).await.map(|()| Vec::new());
             }
         };
         let entries = reply::read_reply(answer, Source::Pending)?;
@@ -252,7 +282,7 @@ impl<C: ConnectionLike + Send> Reader<C> {
                 .await
             {
                 Ok(answer) => answer,
-                Err(error) if may_be_one_key(&error) => {
+                Err(error) if may_be_one_key(&error) || redirected(&error) => {
                     self.remove_stream(&stream, Fault::of(&error));
                     continue;
                 }
@@ -282,6 +312,10 @@ impl<C: ConnectionLike + Send> Reader<C> {
     /// Entries never delivered before, waiting up to `block`: about `count` in all (each
     /// stream is asked for an equal share, so the total can pass `count` by up to the
     /// number of streams; the batch keeps what does not fit for the next one).
+    ///
+    /// By slot (on a cluster node), streams of several slots are read with one command per
+    /// slot in one pipeline, without `BLOCK` (one blocking command would hold the others
+    /// back), polled every few ms until something comes or `block` has passed.
     pub async fn read_new(
         &mut self,
         count: usize,
@@ -291,8 +325,77 @@ impl<C: ConnectionLike + Send> Reader<C> {
             tokio::time::sleep(block).await;
             return Ok(Vec::new());
         }
-        let chunk = &self.streams;
-        let per_stream = count.div_ceil(chunk.len()).max(1);
+        let per_stream = count.div_ceil(self.streams.len()).max(1);
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+        if !self.config.by_slot || self.one_slot() {
+            let command = self.read_new_command(&self.streams, per_stream, block_ms);
+            return match command.query_async::<Value>(&mut self.conn).await {
+                Ok(answer) => Ok(reply::read_reply(answer, Source::New)?),
+                Err(error) => {
+                    let streams = self.streams.clone();
+                    self.refused(&streams, error).await.map(|()| Vec::new())
+                }
+            };
+        }
+        let slots = self.by_slot();
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for streams in &slots {
+                pipe.add_command(self.read_new_command(streams, per_stream, 0));
+            }
+            let answers: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut self.conn).await?;
+            let mut entries = Vec::new();
+            let mut dropped = false;
+            let mut failed = None;
+            for (streams, answer) in slots.iter().zip(answers) {
+                match answer {
+                    Ok(answer) => entries.extend(reply::read_reply(answer, Source::New)?),
+                    Err(error) => match self.refused(streams, error).await {
+                        Ok(()) => dropped = true,
+                        Err(error) => failed = Some(error),
+                    },
+                }
+            }
+            if !entries.is_empty() || dropped {
+                return Ok(entries);
+            }
+            if let Some(error) = failed {
+                return Err(error);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(entries);
+            }
+            tokio::time::sleep(POLL_EVERY.min(deadline - now)).await;
+        }
+    }
+
+    fn one_slot(&self) -> bool {
+        let mut slots = self.streams.iter().map(|stream| hash_slot(stream));
+        let first = slots.next();
+        slots.all(|slot| Some(slot) == first)
+    }
+
+    /// The streams to read, one group per hash slot.
+    fn by_slot(&self) -> Vec<Vec<StreamKey>> {
+        let mut slots: BTreeMap<u16, Vec<StreamKey>> = BTreeMap::new();
+        for stream in &self.streams {
+            slots
+                .entry(hash_slot(stream))
+                .or_default()
+                .push(stream.clone());
+        }
+        slots.into_values().collect()
+    }
+
+    fn read_new_command(
+        &self,
+        streams: &[StreamKey],
+        per_stream: usize,
+        block_ms: u64,
+    ) -> redis::Cmd {
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -300,24 +403,31 @@ impl<C: ConnectionLike + Send> Reader<C> {
             .arg(&self.config.consumer)
             .arg("COUNT")
             .arg(per_stream);
-        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
         if block_ms > 0 {
             command.arg("BLOCK").arg(block_ms);
         }
         command.arg("STREAMS");
-        for stream in chunk {
+        for stream in streams {
             command.arg(&**stream);
         }
-        for _ in chunk {
+        for _ in streams {
             command.arg(">");
         }
-        match command.query_async::<Value>(&mut self.conn).await {
-            Ok(answer) => Ok(reply::read_reply(answer, Source::New)?),
-            Err(error) => {
-                let streams = chunk.to_vec();
-                self.isolate(&streams, error).await.map(|()| Vec::new())
+        command
+    }
+
+    /// After `error` refused a command naming `streams` (all of one slot when reading by
+    /// slot): a cluster node that no longer serves their slot drops them all; else the
+    /// faulty ones are looked for (see [`Reader::isolate`]). `Ok` when streams were dropped.
+    async fn refused(&mut self, streams: &[StreamKey], error: RedisError) -> Result<(), ReadError> {
+        if redirected(&error) {
+            let fault = Fault::of(&error);
+            for stream in streams {
+                self.remove_stream(stream, fault.clone());
             }
+            return Ok(());
         }
+        self.isolate(streams, error).await
     }
 
     /// After `error` refused a command naming `streams`: probes each of them in one

@@ -98,6 +98,15 @@ impl<C: ConnectionLike + Send> Settler<C> {
                     tracing::info!("XACK succeeds again");
                 }
                 for (stream, error) in acked.refused {
+                    if crate::pipeline::read::redirected(&error) {
+                        tracing::debug!(
+                            stream = %String::from_utf8_lossy(&stream),
+                            %error,
+                            "XACK turned away: the stream's slot is served by another node now, \
+                             where its entries are read again (as duplicates) and acknowledged"
+                        );
+                        continue;
+                    }
                     if self.refused_streams.insert(stream.clone()) {
                         tracing::warn!(
                             stream = %String::from_utf8_lossy(&stream),
@@ -157,9 +166,10 @@ impl<C: ConnectionLike + Send> Settler<C> {
             if deliveries < self.config.max_deliveries {
                 continue;
             }
+            let dead_letters = self.config.dead_letter_key(&entry.stream);
             match ack::dead_letter(
                 &mut self.conn,
-                &self.config.dead_letter_stream,
+                &dead_letters,
                 &self.config.group,
                 entry,
                 &letter,
@@ -171,7 +181,7 @@ impl<C: ConnectionLike + Send> Settler<C> {
                     self.metrics.dead_lettered.inc();
                     tracing::error!(
                         %stream, id = %entry.id, reason = %letter.reason, deliveries,
-                        dead_letter_stream = %self.config.dead_letter_stream,
+                        dead_letter_stream = %String::from_utf8_lossy(&dead_letters),
                         "entry dead-lettered"
                     );
                 }

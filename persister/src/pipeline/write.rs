@@ -31,6 +31,24 @@ pub struct WriteConfig {
     pub retry: RetryPolicy,
     /// Batches committing at once (1 for SQLite, which takes one writer at a time).
     pub in_flight: usize,
+    /// On a cluster, an entry's dead letter goes to a key in its stream's slot (see
+    /// [`WriteConfig::dead_letter_key`]).
+    pub cluster: bool,
+}
+
+impl WriteConfig {
+    /// Where the dead letter of an entry of `stream` goes: the dead-letter stream; on a
+    /// cluster `<dead-letter-stream>{<hash tag of the stream>}`, in the stream's slot, so
+    /// the script that stores it and acknowledges the entry names keys of one slot.
+    pub fn dead_letter_key(&self, stream: &[u8]) -> Vec<u8> {
+        let mut key = self.dead_letter_stream.clone().into_bytes();
+        if self.cluster {
+            key.push(b'{');
+            key.extend_from_slice(coupon_layout::hash_tag(stream).unwrap_or(stream));
+            key.push(b'}');
+        }
+        key
+    }
 }
 
 /// Why one entry was not written.

@@ -7,8 +7,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Sends the signal; kept by whoever catches it.
-#[derive(Debug)]
-pub struct Trigger(watch::Sender<Option<Instant>>);
+#[derive(Debug, Clone)]
+pub struct Trigger(std::sync::Arc<watch::Sender<Option<Instant>>>);
 
 impl Trigger {
     /// Asks every holder of a [`Shutdown`] to stop; the grace period counts from the first call.
@@ -32,7 +32,24 @@ impl Shutdown {
     /// A new signal and its trigger; work in flight gets `grace` after the signal.
     pub fn new(grace: Duration) -> (Trigger, Shutdown) {
         let (tx, rx) = watch::channel(None);
-        (Trigger(tx), Shutdown { signal: rx, grace })
+        (
+            Trigger(std::sync::Arc::new(tx)),
+            Shutdown { signal: rx, grace },
+        )
+    }
+
+    /// A signal for part of the work (one node's pipeline): fired by its own trigger, or
+    /// when this one fires. Its grace period counts from when it fired.
+    pub fn child(&self) -> (Trigger, Shutdown) {
+        let (trigger, child) = Shutdown::new(self.grace);
+        let (parent, forward, own) = (self.clone(), trigger.clone(), child.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = parent.requested_wait() => forward.fire(),
+                () = own.requested_wait() => {}
+            }
+        });
+        (trigger, child)
     }
 
     /// A signal that never fires (the `migrate` subcommand, tests).
@@ -128,6 +145,19 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(3));
         in_flight.await.expect("the pause ends");
         assert_eq!(start.elapsed(), Duration::from_secs(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_stops_alone_or_with_its_parent() {
+        let (trigger, parent) = Shutdown::new(Duration::from_secs(3));
+        let (one, first) = parent.child();
+        let (_two, second) = parent.child();
+        one.fire();
+        first.requested_wait().await;
+        assert!(!parent.requested() && !second.requested());
+        trigger.fire();
+        second.requested_wait().await;
+        assert!(second.requested());
     }
 
     #[tokio::test(start_paused = true)]

@@ -142,6 +142,11 @@ pub fn plan<'a>(events: &[&'a Event], mut present: HashMap<Key<'a>, Present>) ->
             })
         };
         if let Some(row) = present.get_mut(&key) {
+            // A holder put back from the database: already recorded, under its first issue.
+            if event.op == Op::Restore && row.user == event.user && row.issue.is_some() {
+                plan.duplicates += 1;
+                continue;
+            }
             let slot = match event.op {
                 Op::Issue | Op::Restore => &row.issue,
                 Op::Revoke => &row.revoke,

@@ -337,7 +337,7 @@ pub async fn advance_checkpoints(
 }
 
 /// Bytes from `HEX()` (either case).
-fn unhex(text: &str) -> Vec<u8> {
+pub(crate) fn unhex(text: &str) -> Vec<u8> {
     let digit = |c: u8| match c {
         b'0'..=b'9' => c - b'0',
         b'a'..=b'f' => c - b'a' + 10,

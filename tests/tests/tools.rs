@@ -34,6 +34,29 @@ fn the_quickstart_sells_out_and_proves_it() {
 }
 
 #[test]
+fn the_quickstart_sells_out_on_a_cluster() {
+    let out = run(
+        env!("CARGO_BIN_EXE_flash-sale"),
+        &["--cluster", "--users", "3000", "--stock", "100"],
+    );
+    let proofs: Vec<&str> = out
+        .lines()
+        .filter(|line| line.starts_with("proof ("))
+        .collect();
+    assert_eq!(proofs.len(), 3, "one coupon per primary:\n{out}");
+    for proof in proofs {
+        assert!(
+            proof.contains("holders in Redis 100 = rows in the database 100 = stock 100"),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("OK: no coupon over-issued, none lost, no user twice"),
+        "{out}"
+    );
+}
+
+#[test]
 fn the_benchmark_runs_every_part() {
     let out = run(env!("CARGO_BIN_EXE_coupon-bench"), &["--smoke"]);
     for part in [

@@ -3,6 +3,7 @@
 //! and the persister come from `coupon-testkit` (its local backend); the load generators and
 //! the per-flavor test macro live here.
 
+pub mod cpu;
 pub mod http;
 pub mod load;
 mod workload;

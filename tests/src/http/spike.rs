@@ -5,6 +5,7 @@
 
 use super::service::HttpService;
 use super::tools::{on_path, LoadRun, Wrk};
+use crate::cpu::{cpu_ticks, redis_pid, ticks_per_second};
 use crate::{assert_persisted, Flavor, Ledger, MariaDb, Persister, Server};
 use std::time::Duration;
 
@@ -197,39 +198,6 @@ fn measured(
         wrk: per_request(children0, cpu_ticks("/proc/self/stat", 15)),
     };
     (run, cpu)
-}
-
-/// User + system time from a `/proc/…/stat` file, in clock ticks: the fields at `first` and
-/// `first + 1`, counted from 0 as in proc(5) (13: the process's own, 15: its waited-for
-/// children's).
-fn cpu_ticks(path: &str, first: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The command name is in parentheses and may hold spaces: count fields after it.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let field = |i: usize| fields.get(i - 2)?.parse::<u64>().ok();
-    Some(field(first)? + field(first + 1)?)
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
-fn redis_pid(server: &Server) -> Option<u32> {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query(&mut server.connect())
-        .ok()?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("process_id:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn threads_flag(threads: &Option<String>) -> Vec<&str> {

@@ -5,6 +5,7 @@
 
 use coupon_layout::holders_in;
 use coupon_sdk::{Backend, Coupons, Outcome};
+use coupon_tests::cpu::{cpu_ticks, redis_pid, ticks_per_second};
 use coupon_tests::load::{drive, scramble, LoadReport};
 use coupon_tests::{Cluster, Flavor, Server};
 use redis::aio::ConnectionLike;
@@ -25,7 +26,8 @@ pub struct ClusterArgs {
     /// Requests in flight.
     #[arg(long, default_value_t = 256)]
     in_flight: usize,
-    /// Connections of the single-node run (the cluster client keeps one per primary).
+    /// Connections of the single-node run, and cluster clients of the cluster run (each
+    /// with a connection to every primary).
     #[arg(long, default_value_t = 8)]
     connections: usize,
 }
@@ -36,6 +38,10 @@ struct SaleRun {
     outcomes: BTreeMap<&'static str, u64>,
     /// `COUPON.ISSUE` calls each server answered.
     calls_per_server: Vec<u64>,
+    /// CPU per attempt, in µs: the load generator (this process, SDK included), and all
+    /// the servers together.
+    client_cpu: f64,
+    servers_cpu: f64,
     over_issued: u64,
 }
 
@@ -51,6 +57,7 @@ pub fn run(args: &ClusterArgs) -> bool {
         args.coupons, args.stock
     );
     let single = Server::builder(Flavor::Redis).start();
+    let clock = Cpu::start(&[&single]);
     let one = runtime.block_on(async {
         let client = redis::Client::open(single.url()).expect("a valid URL");
         let mut clients = Vec::new();
@@ -63,39 +70,42 @@ pub fn run(args: &ClusterArgs) -> bool {
         }
         sale(args, "one", clients).await
     });
-    let one = finish(one, &[&single], args.stock);
+    let mut one = clock.stop(one);
+    one = finish(one, &[&single], args.stock);
     drop(single);
 
     let cluster = Cluster::start(Flavor::Redis);
+    let nodes: Vec<&Server> = cluster.nodes.iter().collect();
+    let clock = Cpu::start(&nodes);
     let three = runtime.block_on(async {
         let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("cluster URLs");
-        let conn = client
-            .get_async_connection()
-            .await
-            .expect("connect to the cluster");
-        sale(
-            args,
-            "three",
-            vec![Coupons::with_backend(conn, Backend::Module)],
-        )
-        .await
+        let mut clients = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            let conn = client
+                .get_async_connection()
+                .await
+                .expect("connect to the cluster");
+            clients.push(Coupons::with_backend(conn, Backend::Module));
+        }
+        sale(args, "three", clients).await
     });
-    let nodes: Vec<&Server> = cluster.nodes.iter().collect();
-    let three = finish(three, &nodes, args.stock);
+    let three = finish(clock.stop(three), &nodes, args.stock);
 
     println!(
-        "| run | attempts/s | per primary | p50 ms | p99 ms | max ms | COUPON.ISSUE per server |"
+        "| run | attempts/s | per primary | p50 ms | p99 ms | max ms | CPU µs per attempt: client, servers | COUPON.ISSUE per server |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---|---|");
     for (name, run) in [("one node", &one), ("cluster, 3 primaries", &three)] {
         let primaries = run.calls_per_server.len() as f64;
         println!(
-            "| {name} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:?} |",
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2}, {:.2} | {:?} |",
             run.report.per_second(),
             run.report.per_second() / primaries,
             run.report.latency_ms(0.5),
             run.report.latency_ms(0.99),
             run.report.max_ms(),
+            run.client_cpu,
+            run.servers_cpu,
             run.calls_per_server
         );
     }
@@ -167,6 +177,8 @@ where
         report,
         outcomes,
         calls_per_server: Vec::new(),
+        client_cpu: f64::NAN,
+        servers_cpu: f64::NAN,
         over_issued: 0,
     }
 }
@@ -205,4 +217,43 @@ fn issue_calls(stats: &str) -> u64 {
         .and_then(|line| line.split(['=', ',']).nth(1))
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time of this process and of the servers, from the start of a run.
+struct Cpu {
+    client: Option<u64>,
+    servers: Vec<Option<u32>>,
+    servers_before: Option<u64>,
+}
+
+impl Cpu {
+    fn start(servers: &[&Server]) -> Cpu {
+        let servers: Vec<Option<u32>> = servers.iter().map(|server| redis_pid(server)).collect();
+        Cpu {
+            client: cpu_ticks("/proc/self/stat", 13),
+            servers_before: servers_ticks(&servers),
+            servers,
+        }
+    }
+
+    /// Puts the CPU per attempt since `start` into `run`.
+    fn stop(self, mut run: SaleRun) -> SaleRun {
+        let per_attempt = |before: Option<u64>, after: Option<u64>| match (before, after) {
+            (Some(before), Some(after)) => {
+                after.saturating_sub(before) as f64 * 1e6
+                    / ticks_per_second()
+                    / run.report.requests.max(1) as f64
+            }
+            _ => f64::NAN,
+        };
+        run.client_cpu = per_attempt(self.client, cpu_ticks("/proc/self/stat", 13));
+        run.servers_cpu = per_attempt(self.servers_before, servers_ticks(&self.servers));
+        run
+    }
+}
+
+fn servers_ticks(pids: &[Option<u32>]) -> Option<u64> {
+    pids.iter()
+        .map(|pid| cpu_ticks(&format!("/proc/{}/stat", (*pid)?), 13))
+        .sum()
 }

@@ -48,18 +48,7 @@ impl MariaDb {
             .prefix("coupon-mariadb-")
             .tempdir()
             .expect("cannot create a temp dir for MariaDB");
-        let mut install = Command::new(binary("mariadb-install-db"));
-        install
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.path().join("data").display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if running_as_root() {
-            install.arg("--user=root");
-        }
-        let status = install.status().expect("cannot run mariadb-install-db");
-        assert!(status.success(), "mariadb-install-db failed");
+        install_data_dir(&dir.path().join("data"));
         let mut server = MariaDb {
             dir,
             port: 0,
@@ -221,4 +210,34 @@ fn wait_until_ready(port: u16, child: &mut Child, datadir: &Path) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// `mariadb-install-db` into `data`. Tried three times: on a loaded machine it has been seen to
+/// fail once and then succeed; the last failure's output is in the panic.
+fn install_data_dir(data: &std::path::Path) {
+    let mut output = None;
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(data);
+        let mut install = Command::new(binary("mariadb-install-db"));
+        install
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+        if running_as_root() {
+            install.arg("--user=root");
+        }
+        let out = install.output().expect("cannot run mariadb-install-db");
+        if out.status.success() {
+            return;
+        }
+        output = Some(out);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = output.expect("a failed attempt");
+    panic!(
+        "mariadb-install-db failed three times ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -53,16 +53,7 @@ pub fn apply(ctx: Ctx, target: &Target<'_>, change: &Change<'_>) -> Result<i64, 
         words.seq.as_ptr(),
         seq_text.as_ptr(),
     ];
-    let id = events.stream_add(entry).ok_or(CouponError::Corrupt(
-        "the event stream accepts no more entries",
-    ))?;
-    notify(
-        ctx,
-        raw::REDISMODULE_NOTIFY_STREAM,
-        c"xadd",
-        events_name.as_ptr(),
-    );
-    replicate_xadd(ctx, events_name.as_ptr(), id, &entry);
+    append_event(ctx, &events, events_name.as_ptr(), entry)?;
 
     match change {
         Change::Grant { .. } => {
@@ -143,16 +134,7 @@ pub fn apply_restore(ctx: Ctx, restoring: &Restoring<'_>) -> Result<(), CouponEr
             words.seq.as_ptr(),
             *seq,
         ];
-        let id = events.stream_add(entry).ok_or(CouponError::Corrupt(
-            "the event stream accepts no more entries",
-        ))?;
-        notify(
-            ctx,
-            raw::REDISMODULE_NOTIFY_STREAM,
-            c"xadd",
-            events_name.as_ptr(),
-        );
-        replicate_xadd(ctx, events_name.as_ptr(), id, &entry);
+        append_event(ctx, &events, events_name.as_ptr(), entry)?;
     }
     let last_text = restoring
         .last_seq
@@ -167,17 +149,8 @@ pub fn apply_restore(ctx: Ctx, restoring: &Restoring<'_>) -> Result<(), CouponEr
                 words.seq.as_ptr(),
                 last.as_ptr(),
             ];
-            let id = events.stream_add(entry).ok_or(CouponError::Corrupt(
-                "the event stream accepts no more entries",
-            ))?;
-            replicate_xadd(ctx, events_name.as_ptr(), id, &entry);
+            let id = append_event(ctx, &events, events_name.as_ptr(), entry)?;
             events.stream_delete(id);
-            notify(
-                ctx,
-                raw::REDISMODULE_NOTIFY_STREAM,
-                c"xadd",
-                events_name.as_ptr(),
-            );
             notify(
                 ctx,
                 raw::REDISMODULE_NOTIFY_STREAM,
@@ -347,6 +320,22 @@ fn id_text(id: raw::RedisModuleStreamID) -> String {
     id_text.push('-');
     id_text.push_str(buffer.format(id.seq));
     id_text
+}
+
+/// Appends one event to the coupon's stream, announces it as `XADD` would and replicates it
+/// with its concrete ID. Fails, having changed nothing, if the stream takes no more entries.
+fn append_event(
+    ctx: Ctx,
+    events: &OpenKey,
+    events_name: RawString,
+    entry: [RawString; 6],
+) -> Result<raw::RedisModuleStreamID, CouponError> {
+    let id = events.stream_add(entry).ok_or(CouponError::Corrupt(
+        "the event stream accepts no more entries",
+    ))?;
+    notify(ctx, raw::REDISMODULE_NOTIFY_STREAM, c"xadd", events_name);
+    replicate_xadd(ctx, events_name, id, &entry);
+    Ok(id)
 }
 
 /// `XADD <events> <ms>-<seq> <fields…>`: the concrete ID makes the replica's entry identical.

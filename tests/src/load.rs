@@ -99,3 +99,37 @@ pub fn scramble(mut x: u64) -> u64 {
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
 }
+
+/// The SDK's answers of a run, counted by label; clones count into the same totals.
+#[derive(Debug, Clone, Default)]
+pub struct Tally(Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>);
+
+impl Tally {
+    /// Counts what `issue` answered (`already`: the label of a repeat click); whether it
+    /// was an answer rather than an error.
+    pub fn count(
+        &self,
+        answer: &coupon_sdk::Result<coupon_sdk::Outcome>,
+        already: &'static str,
+    ) -> bool {
+        use coupon_sdk::Outcome;
+        let label = match answer {
+            Ok(Outcome::Issued { .. }) => "issued",
+            Ok(Outcome::AlreadyIssued { .. }) => already,
+            Ok(Outcome::SoldOut) => "sold out",
+            Ok(Outcome::NotStarted | Outcome::Ended) => "outside the window",
+            Err(_) => "error",
+        };
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(label)
+            .or_default() += 1;
+        answer.is_ok()
+    }
+
+    pub fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}

@@ -7,8 +7,8 @@
 
 use clap::Parser;
 use coupon_layout::holders_in;
-use coupon_sdk::{Backend, Coupons, Outcome};
-use coupon_tests::load::{drive, scramble, LoadReport};
+use coupon_sdk::{Backend, Coupons};
+use coupon_tests::load::{drive, scramble, LoadReport, Tally};
 use coupon_tests::{events_key, key_in_slot, query_rows, Cluster, Flavor, Persister, Server};
 use indicatif::{ProgressBar, ProgressStyle};
 use redis::aio::ConnectionLike;
@@ -16,7 +16,7 @@ use sqlx::Row;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -265,7 +265,7 @@ where
         ProgressStyle::with_template("{bar:40} {pos}/{len} attempts  {per_sec}  {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let tally: Arc<Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
+    let tally = Tally::default();
     let (clients, clicks, order, counted, coupons, stock) = (
         Arc::new(clients),
         Arc::new(clicks),
@@ -285,27 +285,14 @@ where
             let tally = counted.clone();
             async move {
                 let outcome = client.issue(&coupon, format!("user-{user}"), stock).await;
-                let label = match outcome {
-                    Ok(Outcome::Issued { .. }) => "issued",
-                    Ok(Outcome::AlreadyIssued { .. }) => "already issued (repeat click)",
-                    Ok(Outcome::SoldOut) => "sold out",
-                    Ok(Outcome::NotStarted | Outcome::Ended) => "outside the window",
-                    Err(_) => "error",
-                };
-                *tally
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(label)
-                    .or_default() += 1;
-                label != "error"
+                tally.count(&outcome, "already issued (repeat click)")
             }
         },
         move |done| bar.set_position(done),
     )
     .await;
     progress.finish();
-    let tally = tally.lock().map(|t| t.clone()).unwrap_or_default();
-    (report, tally, attempts)
+    (report, tally.counts(), attempts)
 }
 
 /// Waits for the persister to store the coupon's `holders`, then prints and checks the

@@ -4,9 +4,9 @@
 //! sharing them give, reported per primary next to the single node's.
 
 use coupon_layout::holders_in;
-use coupon_sdk::{Backend, Coupons, Outcome};
+use coupon_sdk::{Backend, Coupons};
 use coupon_tests::cpu::{cpu_ticks, redis_pid, ticks_per_second};
-use coupon_tests::load::{drive, scramble, LoadReport};
+use coupon_tests::load::{drive, scramble, LoadReport, Tally};
 use coupon_tests::{Cluster, Flavor, Server};
 use redis::aio::ConnectionLike;
 use std::collections::BTreeMap;
@@ -140,7 +140,7 @@ where
     let users = (args.attempts / 5).max(1);
     let (coupons, stock) = (args.coupons.max(1), args.stock);
     let clients = Arc::new(clients);
-    let tally: Arc<std::sync::Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
+    let tally = Tally::default();
     let counted = tally.clone();
     let report = drive(
         args.attempts,
@@ -154,25 +154,13 @@ where
                 let outcome = coupons_c
                     .issue(&coupon, format!("user-{user}"), stock)
                     .await;
-                let label = match outcome {
-                    Ok(Outcome::Issued { .. }) => "issued",
-                    Ok(Outcome::AlreadyIssued { .. }) => "already issued",
-                    Ok(Outcome::SoldOut) => "sold out",
-                    Ok(Outcome::NotStarted | Outcome::Ended) => "outside the window",
-                    Err(_) => "error",
-                };
-                *tally
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(label)
-                    .or_default() += 1;
-                label != "error"
+                tally.count(&outcome, "already issued")
             }
         },
         |_| {},
     )
     .await;
-    let outcomes = tally.lock().map(|t| t.clone()).unwrap_or_default();
+    let outcomes = tally.counts();
     SaleRun {
         report,
         outcomes,

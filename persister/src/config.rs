@@ -157,7 +157,9 @@ pub struct Settings {
     )]
     pub stream_pattern: String,
 
-    /// How often to look for new coupon streams, in ms.
+    /// How often to scan for new coupon streams on a Redis without the coupon module, in ms.
+    /// With the module, its change index names new streams at once (see
+    /// `--sweep-interval-ms`).
     #[arg(
         long,
         env = "COUPON_PERSISTER_DISCOVER_INTERVAL_MS",
@@ -165,6 +167,18 @@ pub struct Settings {
         global = true
     )]
     pub discover_interval_ms: u64,
+
+    /// With the coupon module: how often every coupon stream is read and scanned for even if
+    /// the module's change index named no change, in ms. The index is only a hint: a sweep
+    /// also runs at every start, reconnect, failover and whenever the index lost track.
+    #[arg(
+        long,
+        env = "COUPON_PERSISTER_SWEEP_INTERVAL_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(100..),
+        global = true
+    )]
+    pub sweep_interval_ms: u64,
 
     /// How often to sample the streams for the pending, backlog and oldest-entry gauges and
     /// for entries idle long enough to claim, in ms.

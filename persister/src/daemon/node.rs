@@ -2,6 +2,7 @@
 //! maintenance beside them.
 
 use super::{redis_config_error, redis_connection, until_ready};
+use crate::changes::ChangeFeed;
 use crate::config::Settings;
 use crate::db::{redact, Backend, Db};
 use crate::maintain::{MaintainConfig, Maintenance};
@@ -74,7 +75,8 @@ pub(super) async fn run(
         );
     }
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let sweep_every = Duration::from_millis(settings.sweep_interval_ms);
     let maintenance = Maintenance::new(
         MaintainConfig {
             group: settings.group.clone(),
@@ -82,6 +84,7 @@ pub(super) async fn run(
             pattern: settings.stream_pattern.clone(),
             claim_idle: settings.claim_idle(),
             discover_every: Duration::from_millis(settings.discover_interval_ms.max(10)),
+            sweep_every,
             sample_every: Duration::from_millis(settings.sample_interval_ms),
             trim_every: (settings.trim_interval_ms > 0)
                 .then(|| Duration::from_millis(settings.trim_interval_ms)),
@@ -94,7 +97,7 @@ pub(super) async fn run(
         metrics.clone(),
         shutdown.clone(),
         control_tx,
-        lost_rx,
+        reports_rx,
     );
     let maintenance = tokio::spawn(maintenance.run());
     let reader = Reader::new(
@@ -105,13 +108,14 @@ pub(super) async fn run(
             claim_idle: settings.claim_idle(),
             by_slot: cluster,
         },
+        ChangeFeed::new(sweep_every),
     );
     let reads = Reads::new(
         reader,
         settings.batch_size as usize,
         settings.linger(),
         control_rx,
-        lost_tx,
+        reports_tx,
         metrics.clone(),
         shutdown.clone(),
         settings.retry().backoff(),

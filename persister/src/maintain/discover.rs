@@ -148,6 +148,38 @@ impl Discovery {
         Ok(found)
     }
 
+    /// Adopts streams named by the change feed (new coupons), without a scan: each checked
+    /// as a round checks what it finds.
+    pub async fn adopt_named<C: ConnectionLike + Send>(
+        &mut self,
+        conn: &mut C,
+        streams: Vec<StreamKey>,
+    ) -> Result<Found, DiscoverError> {
+        let mut found = Found::default();
+        let mut candidates = Vec::new();
+        for stream in streams {
+            if self.known.contains(&stream) || self.ignored.contains(&stream) {
+                continue;
+            }
+            if let Some(name) = &self.dead_letter {
+                if is_dead_letter(name, &stream) {
+                    continue;
+                }
+            }
+            if CouponKey::of_events_key(&stream).is_none() {
+                self.note_ignored(&mut found, stream, "not named as a coupon's stream");
+                continue;
+            }
+            candidates.push(stream);
+        }
+        candidates.sort();
+        candidates.dedup();
+        for chunk in candidates.chunks(CHUNK) {
+            self.adopt(conn, chunk, &mut found).await?;
+        }
+        Ok(found)
+    }
+
     fn note_ignored(&mut self, found: &mut Found, stream: StreamKey, why: &'static str) {
         if self.ignored.len() < MAX_REMEMBERED && self.ignored.insert(stream.clone()) {
             found.newly_ignored.push((stream, why));

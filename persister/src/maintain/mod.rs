@@ -3,27 +3,35 @@
 //! ([`sample`]), trimming committed entries ([`trim`]) and forgetting dead consumers
 //! ([`consumers`]). Each job works on many streams per round trip; none of them ever holds
 //! up a read or a commit. It tells the pipeline what to read and claim
-//! ([`Control`]), and hears from it which streams turned faulty ([`Lost`]).
+//! ([`Control`]), and hears from the reader what it read, found and lost ([`Report`]).
+//!
+//! Its work follows the changes, not the number of streams: each job looks only at streams
+//! read since it last ran ([`touched`]) and those not settled then; a full pass over every
+//! stream comes with each sweep.
 
 pub mod consumers;
 pub mod discover;
 pub mod sample;
+pub mod touched;
 pub mod trim;
 
+use crate::changes::Sweep;
 use crate::db::{error_label, Db};
 use crate::event::{EntryId, StreamKey};
 use crate::logging::Repeats;
 use crate::metrics::{now_ms, Metrics};
 use crate::pipeline::commit::read_checkpoints;
-use crate::pipeline::read::{Fault, Lost};
+use crate::pipeline::read::{Fault, Lost, Report};
 use crate::pipeline::Control;
 use crate::policy::Shutdown;
-use discover::Discovery;
+use discover::{Discovery, Found};
 use redis::aio::ConnectionLike;
-use std::collections::HashSet;
+use sample::Totals;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use touched::Touched;
 
 /// Static settings of maintenance.
 #[derive(Debug, Clone)]
@@ -32,7 +40,10 @@ pub struct MaintainConfig {
     pub consumer: String,
     pub pattern: String,
     pub claim_idle: Duration,
+    /// How often to scan for streams on a server without the change index.
     pub discover_every: Duration,
+    /// How often every stream is looked at where the change index names what changed.
+    pub sweep_every: Duration,
     pub sample_every: Duration,
     /// `None`: never trim.
     pub trim_every: Option<Duration>,
@@ -55,6 +66,9 @@ impl MaintainConfig {
         self.trim_every.unwrap_or(Duration::from_secs(60))
     }
 }
+
+/// Shortest time between two scans for streams asked by sweeps.
+const SCAN_GAP: Duration = Duration::from_secs(1);
 
 /// A job's failures, logged once per interval.
 #[derive(Default)]
@@ -99,10 +113,20 @@ pub struct Maintenance<C> {
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     control: mpsc::UnboundedSender<Control>,
-    lost: mpsc::UnboundedReceiver<Lost>,
+    reports: mpsc::UnboundedReceiver<Report>,
     discovery: Discovery,
-    /// Streams where the group had pending entries at the last sample.
-    with_pending: Vec<StreamKey>,
+    /// Streams read since the last sample (or all of them, after a sweep).
+    to_sample: HashSet<StreamKey>,
+    /// Streams not settled at their last sample (entries pending or not yet delivered),
+    /// with their share of the gauges: sampled again each round until they settle.
+    standing: HashMap<StreamKey, Totals>,
+    to_trim: Touched,
+    to_forget: Touched,
+    /// The reader sweeps continuously: the server keeps no change index, so streams are
+    /// scanned for every `discover_every`.
+    no_index: bool,
+    /// A sweep started: scan for streams the feed may not have named, soon.
+    scan_soon: bool,
     failures: Failures,
     /// Streams whose deletion is not logged yet (aggregated).
     vanished: Repeats,
@@ -119,7 +143,7 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
         control: mpsc::UnboundedSender<Control>,
-        lost: mpsc::UnboundedReceiver<Lost>,
+        reports: mpsc::UnboundedReceiver<Report>,
     ) -> Maintenance<C> {
         let discovery = Discovery::new(config.pattern.clone(), config.group.clone())
             .skipping(config.dead_letter_stream.clone());
@@ -130,9 +154,14 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
             metrics,
             shutdown,
             control,
-            lost,
+            reports,
             discovery,
-            with_pending: Vec::new(),
+            to_sample: HashSet::new(),
+            standing: HashMap::new(),
+            to_trim: Touched::default(),
+            to_forget: Touched::default(),
+            no_index: false,
+            scan_soon: false,
             failures: Failures::default(),
             vanished: Repeats::default(),
             logged_faults: HashSet::new(),
@@ -144,6 +173,7 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
     pub async fn run(mut self) {
         let now = Instant::now();
         let mut next_discover = now;
+        let mut last_discover = now;
         let mut next_sample = now;
         let mut next_claim = now + self.config.claim_every();
         let mut next_trim = self.config.trim_every.map(|every| now + every);
@@ -162,10 +192,20 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
             .unwrap_or(now);
             tokio::select! {
                 () = tokio::time::sleep_until(wake.into()) => {}
-                lost = self.lost.recv() => {
-                    if let Some(lost) = lost {
-                        self.on_lost(lost).await;
+                report = self.reports.recv() => {
+                    if let Some(report) = report {
+                        self.on_report(report).await;
                     }
+                    // Without an index scans come every `discover_every`, with one at each
+                    // sweep (at most one a second, however often sweeps start).
+                    let every = if std::mem::take(&mut self.scan_soon) {
+                        SCAN_GAP
+                    } else if self.no_index {
+                        self.config.discover_every
+                    } else {
+                        self.config.sweep_every
+                    };
+                    next_discover = next_discover.min(last_discover + every);
                     continue;
                 }
                 () = self.shutdown.requested_wait() => return,
@@ -173,14 +213,14 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
             let now = Instant::now();
             if now >= next_discover {
                 let ok = self.discover().await;
+                last_discover = now;
                 // A failed round (Redis down) is tried again soon, not a full interval later.
-                let every = self.config.discover_every;
-                next_discover = now
-                    + if ok {
-                        every
-                    } else {
-                        every.min(Duration::from_secs(1))
-                    };
+                let every = if self.no_index {
+                    self.config.discover_every
+                } else {
+                    self.config.sweep_every
+                };
+                next_discover = now + if ok { every } else { every.min(SCAN_GAP) };
             }
             if now >= next_sample {
                 let claims_due = Instant::now() >= next_claim;
@@ -201,10 +241,50 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
         }
     }
 
-    fn streams(&self) -> Vec<StreamKey> {
-        let mut streams: Vec<StreamKey> = self.discovery.known().cloned().collect();
-        streams.sort();
-        streams
+    /// What the reader saw.
+    async fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Lost(lost) => self.on_lost(lost).await,
+            Report::Found(streams) => {
+                match self.discovery.adopt_named(&mut self.conn, streams).await {
+                    Ok(found) => self.joined(found, "new coupon streams"),
+                    Err(error) => {
+                        // The next sweep's scan finds them.
+                        self.metrics.error("redis_discover");
+                        failed(
+                            &mut self.failures.discover,
+                            "adopting new coupon streams",
+                            &error,
+                        );
+                    }
+                }
+            }
+            Report::Sweep(sweep) => {
+                self.no_index = sweep == Sweep::NoIndex;
+                if !self.no_index {
+                    self.scan_soon = true;
+                }
+            }
+            Report::Touched(streams) => {
+                self.to_trim.note(&streams);
+                self.to_forget.note(&streams);
+                self.to_sample.extend(streams);
+            }
+        }
+    }
+
+    /// Tells the pipeline about streams just joined.
+    fn joined(&mut self, found: Found, what: &str) {
+        if found.joined.is_empty() {
+            return;
+        }
+        let joined = found.joined.len();
+        let names = some_names(found.joined.iter(), joined);
+        tracing::info!(streams = joined, "{what}: {names}");
+        let _ = self.control.send(Control::Joined(found.joined));
+        let streams = count(self.discovery.count());
+        self.metrics
+            .node_gauges(&self.config.node, |g| g.streams = streams);
     }
 
     async fn discover(&mut self) -> bool {
@@ -238,35 +318,64 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
                 why.into_iter().collect::<Vec<_>>().join("; ")
             );
         }
-        if !found.joined.is_empty() {
-            let joined = found.joined.len();
-            let names = some_names(found.joined.iter(), joined);
-            if self.first_round {
-                tracing::info!(streams = joined, "reading coupon streams: {names}");
-            } else {
-                tracing::info!(streams = joined, "new coupon streams: {names}");
-            }
-            let _ = self.control.send(Control::Joined(found.joined));
-        }
+        let what = if self.first_round {
+            "reading coupon streams"
+        } else {
+            "new coupon streams"
+        };
+        self.joined(found, what);
         self.first_round = false;
+        // A full pass: every stream is sampled once more.
+        self.to_sample.extend(self.discovery.known().cloned());
         true
     }
 
-    /// Samples every stream: updates the gauges and, when `claims` is due, tells the
-    /// pipeline which streams hold entries idle long enough to take over.
+    /// Samples the streams read since the last round and those not settled at it:
+    /// updates the gauges and, when `claims` is due, tells the pipeline which streams hold
+    /// entries idle long enough to take over.
     async fn sample(&mut self, claims: bool) {
-        let streams = self.streams();
+        let mut streams: Vec<StreamKey> = self.to_sample.drain().collect();
+        streams.extend(
+            self.standing
+                .keys()
+                .filter(|s| !self.to_sample.contains(*s))
+                .cloned(),
+        );
+        streams.sort();
+        streams.dedup();
         let group = self.config.group.clone();
         let states = match sample::sample(&mut self.conn, &streams, &group, false).await {
             Ok(states) => states,
             Err(error) => {
                 self.metrics.error("redis_sample");
                 failed(&mut self.failures.sample, "sampling the streams", &error);
+                // Looked at again next round.
+                self.to_sample.extend(streams);
                 return;
             }
         };
         succeeded(&mut self.failures.sample, "sampling the streams");
-        let totals = sample::totals(&states, &group);
+        // Streams Redis did not answer for are gone: they no longer count.
+        for stream in &streams {
+            self.standing.remove(stream);
+        }
+        for state in &states {
+            let share = sample::totals(std::slice::from_ref(state), &group);
+            if share != Totals::default() {
+                self.standing.insert(state.stream.clone(), share);
+            }
+        }
+        let totals = self
+            .standing
+            .values()
+            .fold(Totals::default(), |all, one| Totals {
+                pending: all.pending + one.pending,
+                backlog: all.backlog + one.backlog,
+                oldest: match (all.oldest, one.oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            });
         let oldest_ms = totals.oldest.map_or(0, |id: EntryId| {
             (now_ms() - i64::try_from(id.ms).unwrap_or(i64::MAX)).max(0)
         });
@@ -275,17 +384,21 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
             g.backlog = count_u64(totals.backlog);
             g.oldest_seconds = oldest_ms as f64 / 1000.0;
         });
-        self.with_pending = states
-            .iter()
-            .filter(|state| state.group(&group).is_some_and(|g| g.pending > 0))
-            .map(|state| state.stream.clone())
-            .collect();
-        if !claims || self.with_pending.is_empty() {
+        if !claims {
             return;
         }
+        let mut with_pending: Vec<StreamKey> = self
+            .standing
+            .iter()
+            .filter(|(_, share)| share.pending > 0)
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        if with_pending.is_empty() {
+            return;
+        }
+        with_pending.sort();
         let idle_ms = u64::try_from(self.config.claim_idle.as_millis()).unwrap_or(u64::MAX);
-        let pending = std::mem::take(&mut self.with_pending);
-        match sample::with_idle_entries(&mut self.conn, &pending, &group, idle_ms).await {
+        match sample::with_idle_entries(&mut self.conn, &with_pending, &group, idle_ms).await {
             Ok(idle) if !idle.is_empty() => {
                 let _ = self.control.send(Control::Claim(idle));
             }
@@ -299,12 +412,12 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
                 );
             }
         }
-        self.with_pending = pending;
     }
 
-    /// Trims every stream below what is committed and acknowledged by every group.
+    /// Trims the streams read lately below what is committed and acknowledged by every
+    /// group.
     async fn trim(&mut self) {
-        let streams = self.streams();
+        let streams = self.to_trim.take();
         let group = self.config.group.clone();
         let mut trimmed = 0;
         for chunk in streams.chunks(sample::CHUNK) {
@@ -356,9 +469,10 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
         }
     }
 
-    /// Forgets consumers idle for ten claim times without pending entries.
+    /// Forgets consumers idle for ten claim times without pending entries, on the streams
+    /// read lately.
     async fn forget_consumers(&mut self) {
-        let streams = self.streams();
+        let streams = self.to_forget.take();
         let idle_ms = u64::try_from(self.config.claim_idle.as_millis())
             .unwrap_or(u64::MAX)
             .saturating_mul(10);
@@ -384,6 +498,10 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
     /// coupon's stream, else forgotten (a later discovery adopts it if it comes back).
     async fn on_lost(&mut self, lost: Lost) {
         let shown = String::from_utf8_lossy(&lost.stream).into_owned();
+        self.standing.remove(&lost.stream);
+        self.to_sample.remove(&lost.stream);
+        self.to_trim.forget(&lost.stream);
+        self.to_forget.forget(&lost.stream);
         match &lost.fault {
             Fault::NoGroup => match self.discovery.rejoin(&mut self.conn, &lost.stream).await {
                 Ok(true) => {

@@ -5,12 +5,13 @@
 //!
 //! Nothing slow but reading and writing runs here: finding streams, sampling, claiming
 //! schedules and trimming are maintenance's (see [`crate::maintain`]), which tells the
-//! pipeline about streams through [`Control`] and hears about faulty ones through
-//! [`read::Lost`].
+//! pipeline about streams through [`Control`] and hears what the reader saw through
+//! [`read::Report`].
 
 pub mod ack;
 pub mod batch;
 pub mod commit;
+pub mod queue;
 pub mod read;
 pub mod settle;
 pub mod write;
@@ -21,16 +22,12 @@ use crate::metrics::Metrics;
 use crate::policy::{Backoff, Shutdown};
 use batch::Batch;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use read::{Lost, ReadError, Reader, Vanished};
+use read::{ReadError, Reader, Report, Vanished, LOOK_EVERY};
 use redis::aio::ConnectionLike;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use write::{Committer, Written};
-
-/// Longest `XREADGROUP … BLOCK` while no batch is open: bounds how long SIGTERM waits for a
-/// read in flight and how late new streams are read.
-const IDLE_BLOCK: Duration = Duration::from_millis(500);
 
 /// What maintenance tells the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +44,7 @@ pub struct Reads<C> {
     pub batch_size: usize,
     pub linger: Duration,
     pub control: mpsc::UnboundedReceiver<Control>,
-    pub lost: mpsc::UnboundedSender<Lost>,
+    pub reports: mpsc::UnboundedSender<Report>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     pub backoff: Backoff,
@@ -127,7 +124,7 @@ impl<R: ConnectionLike + Send> Pipeline<R> {
                 let (done, earlier) = chain(&mut previous);
                 commits.push_back(committer.write(entries, earlier, done));
             }
-            reads.report_lost();
+            reads.report();
         }
         tracing::info!("shutdown asked: finishing the batches in flight");
         // Read but not fitting the last batch: committed too, so nothing read stays pending.
@@ -144,7 +141,7 @@ impl<R: ConnectionLike + Send> Pipeline<R> {
         while let Some(written) = commits.next().await {
             hand_over(&settle, written).await;
         }
-        reads.report_lost();
+        reads.report();
     }
 }
 
@@ -175,7 +172,7 @@ impl<C: ConnectionLike + Send> Reads<C> {
         batch_size: usize,
         linger: Duration,
         control: mpsc::UnboundedReceiver<Control>,
-        lost: mpsc::UnboundedSender<Lost>,
+        reports: mpsc::UnboundedSender<Report>,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
         backoff: Backoff,
@@ -185,7 +182,7 @@ impl<C: ConnectionLike + Send> Reads<C> {
             batch_size,
             linger,
             control,
-            lost,
+            reports,
             metrics,
             shutdown,
             backoff,
@@ -217,14 +214,15 @@ impl<C: ConnectionLike + Send> Reads<C> {
         }
     }
 
-    /// Hands the streams the reader dropped to maintenance.
-    fn report_lost(&mut self) {
-        for lost in self.reader.take_lost() {
-            if matches!(lost.fault, read::Fault::Moved(_)) {
+    /// Hands what the reader saw to maintenance.
+    fn report(&mut self) {
+        for report in self.reader.take_reports() {
+            if matches!(&report, Report::Lost(lost) if matches!(lost.fault, read::Fault::Moved(_)))
+            {
                 self.ask_refresh();
             }
             // Maintenance gone means shutting down: nothing to report to.
-            let _ = self.lost.send(lost);
+            let _ = self.reports.send(report);
         }
     }
 
@@ -245,6 +243,7 @@ impl<C: ConnectionLike + Send> Reads<C> {
         {
             self.ask_refresh();
         }
+        self.reader.connection_failed();
         let delay = self.backoff.next_delay();
         if let Some(unlogged) = self.failures.note(Instant::now()) {
             tracing::warn!(%error, ?delay, unlogged, "reading the streams failed; retrying");
@@ -276,13 +275,23 @@ impl<C: ConnectionLike + Send> Reads<C> {
                     Err(e) => Err(e),
                 }
             } else {
-                let block = batch
-                    .time_left(now)
-                    .unwrap_or(IDLE_BLOCK)
-                    .max(Duration::from_millis(1));
-                match self.reader.read_new(room, block).await {
-                    // Waited the whole linger (or idle) time: go with what there is.
-                    Ok(entries) if entries.is_empty() => return Ok(batch),
+                if self.reader.look_due(now) {
+                    let looked = self.reader.look().await;
+                    self.report();
+                    if let Err(e) = looked {
+                        return Err((batch, e));
+                    }
+                }
+                match self.reader.read_new(room).await {
+                    Ok(entries) if entries.is_empty() && !self.reader.has_queued() => {
+                        // Nothing waits: look at the feed again shortly.
+                        let wait = batch.time_left(now).unwrap_or(LOOK_EVERY).min(LOOK_EVERY);
+                        tokio::time::sleep(wait).await;
+                        if batch.is_empty() {
+                            return Ok(batch);
+                        }
+                        continue;
+                    }
                     other => other,
                 }
             };

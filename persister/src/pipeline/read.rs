@@ -1,19 +1,22 @@
 //! Stage 1, read: hands out entries of the streams it is given, in this order: this
 //! consumer's own pending entries (left by a previous run), entries other consumers left idle
-//! too long (`XAUTOCLAIM`), then new ones.
+//! too long (`XAUTOCLAIM`), then new ones — of the streams the change feed names or a sweep
+//! goes over (see [`crate::changes`] and [`super::queue`]), never of every stream at once.
 //!
 //! Many streams are read with one command. When Redis refuses a command because of one
 //! stream (deleted: `NOGROUP`; replaced by another type: `WRONGTYPE`), the streams are probed
 //! in one pipeline, the faulty ones are dropped and reported (see [`Reader::take_lost`]),
 //! and the others are read on: one bad stream never stalls the rest.
 
+use super::queue::{share, ReadQueue, ENTRIES_PER_READ, STREAMS_PER_READ};
+use crate::changes::{ChangeFeed, FeedError, Sweep};
 use crate::event::{EntryId, RawEntry, Source, StreamKey};
 use crate::reply::{self, BadReply};
 use coupon_layout::hash_slot;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Value};
-use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -21,6 +24,15 @@ pub enum ReadError {
     Redis(#[from] RedisError),
     #[error(transparent)]
     Reply(#[from] BadReply),
+}
+
+impl From<FeedError> for ReadError {
+    fn from(error: FeedError) -> ReadError {
+        match error {
+            FeedError::Redis(e) => ReadError::Redis(e),
+            FeedError::Reply(e) => ReadError::Reply(e),
+        }
+    }
 }
 
 impl ReadError {
@@ -70,15 +82,27 @@ pub fn redirected(error: &RedisError) -> bool {
     )
 }
 
-/// Longest wait between two polls of the streams of several slots (see
-/// [`Reader::read_new`]).
-const POLL_EVERY: Duration = Duration::from_millis(10);
+/// How often the change feed is looked at while entries are read (at once when idle).
+pub const LOOK_EVERY: Duration = Duration::from_millis(5);
 
 /// A stream dropped from reading, for maintenance to look into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lost {
     pub stream: StreamKey,
     pub fault: Fault,
+}
+
+/// What the reader tells maintenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// A stream dropped from reading.
+    Lost(Lost),
+    /// Streams the change feed named that the group is not on yet (new coupons): to adopt.
+    Found(Vec<StreamKey>),
+    /// A sweep started: maintenance looks for streams the feed may not have named.
+    Sweep(Sweep),
+    /// Streams just read (entries or not): their standing may have changed.
+    Touched(Vec<StreamKey>),
 }
 
 /// Whether a server error may be about one of the keys rather than the connection or the
@@ -112,72 +136,125 @@ pub struct Vanished {
     pub id: EntryId,
 }
 
-/// Streams named in one command draining own pending entries or probing streams.
-const STREAMS_PER_COMMAND: usize = 2_000;
+/// Streams probed per pipeline when a command was refused.
+const STREAMS_PER_PROBE: usize = 2_000;
 
 /// The streams to read and where each read phase stands. Generic over the connection: a
 /// reader reads the streams of one Redis node.
 pub struct Reader<C> {
     conn: C,
     config: ReadConfig,
-    streams: Vec<StreamKey>,
     known: HashSet<StreamKey>,
     /// Own pending entries still to drain: the cursor per stream.
     own_pending: BTreeMap<StreamKey, EntryId>,
     /// Streams with entries idle long enough to claim, and the claim cursor.
     claims: VecDeque<(StreamKey, EntryId)>,
-    lost: Vec<Lost>,
+    /// The streams that may have new entries.
+    queue: ReadQueue,
+    feed: ChangeFeed,
+    /// When the feed was last looked at; `None`: look at once.
+    looked: Option<Instant>,
+    reports: Vec<Report>,
 }
 
 impl<C: ConnectionLike + Send> Reader<C> {
-    /// `conn` should be a connection of its own: `XREADGROUP … BLOCK` holds it.
-    pub fn new(conn: C, config: ReadConfig) -> Reader<C> {
+    /// A reader of the streams `feed` names on the node `conn` talks to.
+    pub fn new(conn: C, config: ReadConfig, feed: ChangeFeed) -> Reader<C> {
         Reader {
             conn,
             config,
-            streams: Vec::new(),
             known: HashSet::new(),
             own_pending: BTreeMap::new(),
             claims: VecDeque::new(),
-            lost: Vec::new(),
+            queue: ReadQueue::default(),
+            feed,
+            looked: None,
+            reports: Vec::new(),
         }
     }
 
-    pub fn streams(&self) -> &[StreamKey] {
-        &self.streams
+    /// How many streams are read.
+    pub fn stream_count(&self) -> usize {
+        self.known.len()
     }
 
     pub fn config(&self) -> &ReadConfig {
         &self.config
     }
 
-    /// Starts reading streams the group was just created on (or found on); their own
-    /// pending entries are drained first.
+    /// Starts reading streams the group was just created on (or found on): their own
+    /// pending entries first, then whatever is new.
     pub fn add_streams(&mut self, streams: impl IntoIterator<Item = StreamKey>) {
         for stream in streams {
-            if self.known.insert(stream.clone()) {
-                self.streams.push(stream.clone());
-            }
-            self.own_pending.entry(stream).or_insert(EntryId::ZERO);
+            self.known.insert(stream.clone());
+            self.own_pending
+                .entry(stream.clone())
+                .or_insert(EntryId::ZERO);
+            self.queue.hint(stream);
         }
     }
 
     /// Stops reading a stream.
     pub fn remove_stream(&mut self, stream: &StreamKey, fault: Fault) {
-        if self.known.remove(stream) {
-            self.streams.retain(|s| s != stream);
-        }
+        self.known.remove(stream);
         self.own_pending.remove(stream);
         self.claims.retain(|(s, _)| s != stream);
-        self.lost.push(Lost {
+        self.reports.push(Report::Lost(Lost {
             stream: stream.clone(),
             fault,
-        });
+        }));
     }
 
-    /// Streams dropped since the last call.
-    pub fn take_lost(&mut self) -> Vec<Lost> {
-        std::mem::take(&mut self.lost)
+    /// What happened since the last call, for maintenance.
+    pub fn take_reports(&mut self) -> Vec<Report> {
+        std::mem::take(&mut self.reports)
+    }
+
+    /// The connection failed: changes may have gone unseen, so the next look sweeps.
+    pub fn connection_failed(&mut self) {
+        self.feed.connection_failed();
+    }
+
+    /// Whether the change feed should be looked at before the next read.
+    pub fn look_due(&self, now: Instant) -> bool {
+        self.queue.is_empty()
+            || self
+                .looked
+                .is_none_or(|at| now.saturating_duration_since(at) >= LOOK_EVERY)
+    }
+
+    /// Whether streams wait to be read.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Looks at the change feed: queues the streams it names (and hands those the group is
+    /// not on yet to maintenance), and a sweep of every known stream when one is due.
+    pub async fn look(&mut self) -> Result<(), ReadError> {
+        let now = Instant::now();
+        let look = self.feed.look(&mut self.conn, now).await?;
+        // More than one call holds: look again at once.
+        self.looked = (!look.more).then_some(now);
+        let mut found = Vec::new();
+        for stream in look.changed {
+            if self.known.contains(&stream) {
+                self.queue.hint(stream);
+            } else {
+                found.push(stream);
+            }
+        }
+        if !found.is_empty() {
+            self.reports.push(Report::Found(found));
+        }
+        if let Some(sweep) = look.sweep {
+            // A routine sweep lets one under way finish; any other starts over.
+            let routine = matches!(sweep, Sweep::Interval | Sweep::NoIndex);
+            if !(routine && self.queue.sweeping()) {
+                self.queue.sweep(self.known.iter().cloned());
+                self.reports.push(Report::Sweep(sweep));
+            }
+        }
+        Ok(())
     }
 
     /// Queues streams that have entries idle long enough to be taken over.
@@ -212,13 +289,13 @@ impl<C: ConnectionLike + Send> Reader<C> {
             .own_pending
             .iter()
             .filter(|(stream, _)| !by_slot || Some(hash_slot(stream)) == slot)
-            .take(STREAMS_PER_COMMAND.min(count.max(1)))
+            .take(STREAMS_PER_READ.min(count.max(1)))
             .map(|(stream, cursor)| (stream.clone(), *cursor))
             .collect();
         if chunk.is_empty() {
             return Ok(Vec::new());
         }
-        let per_stream = count.div_ceil(chunk.len()).max(1);
+        let per_stream = share(count.min(ENTRIES_PER_READ), chunk.len());
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -277,7 +354,7 @@ impl<C: ConnectionLike + Send> Reader<C> {
                 .arg(idle_ms)
                 .arg(cursor.to_string())
                 .arg("COUNT")
-                .arg(count.max(1))
+                .arg(count.clamp(1, ENTRIES_PER_READ))
                 .query_async(&mut self.conn)
                 .await
             {
@@ -309,111 +386,78 @@ impl<C: ConnectionLike + Send> Reader<C> {
         Ok((Vec::new(), Vec::new()))
     }
 
-    /// Entries never delivered before, waiting up to `block`: about `count` in all (each
-    /// stream is asked for an equal share, so the total can pass `count` by up to the
-    /// number of streams; the batch keeps what does not fit for the next one).
+    /// Entries never delivered before, of the streams first in line (at most
+    /// [`STREAMS_PER_READ`]), about `count` in all (at most [`ENTRIES_PER_READ`]), shared
+    /// evenly: one hot stream alone gets it all. A stream that filled its share is read again
+    /// first. Never blocks: empty when nothing waits.
     ///
     /// By slot (on a cluster node), streams of several slots are read with one command per
-    /// slot in one pipeline, without `BLOCK` (one blocking command would hold the others
-    /// back), polled every few ms until something comes or `block` has passed.
-    pub async fn read_new(
-        &mut self,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<RawEntry>, ReadError> {
-        if self.streams.is_empty() {
-            tokio::time::sleep(block).await;
+    /// slot, in one pipeline.
+    pub async fn read_new(&mut self, count: usize) -> Result<Vec<RawEntry>, ReadError> {
+        let streams: Vec<StreamKey> = self
+            .queue
+            .next(STREAMS_PER_READ)
+            .into_iter()
+            .filter(|stream| self.known.contains(stream))
+            .collect();
+        if streams.is_empty() {
             return Ok(Vec::new());
         }
-        let per_stream = count.div_ceil(self.streams.len()).max(1);
-        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
-        if !self.config.by_slot || self.one_slot() {
-            let command = self.read_new_command(&self.streams, per_stream, block_ms);
-            return match command.query_async::<Value>(&mut self.conn).await {
-                Ok(answer) => Ok(reply::read_reply(answer, Source::New)?),
+        self.reports.push(Report::Touched(streams.clone()));
+        let per_stream = share(count.min(ENTRIES_PER_READ), streams.len());
+        let slots = if self.config.by_slot {
+            by_slot(&streams)
+        } else {
+            vec![streams]
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for streams in &slots {
+            pipe.add_command(read_new_command(&self.config, streams, per_stream));
+        }
+        let answers: Vec<redis::RedisResult<Value>> = match pipe.query_async(&mut self.conn).await {
+            Ok(answers) => answers,
+            Err(error) => {
+                self.read_later(slots.iter().flatten());
+                return Err(error.into());
+            }
+        };
+        let mut entries = Vec::new();
+        let mut failed = None;
+        for (streams, answer) in slots.iter().zip(answers) {
+            match answer {
+                Ok(answer) => entries.extend(reply::read_reply(answer, Source::New)?),
                 Err(error) => {
-                    let streams = self.streams.clone();
-                    self.refused(&streams, error).await.map(|()| Vec::new())
-                }
-            };
-        }
-        let slots = self.by_slot();
-        let deadline = tokio::time::Instant::now() + block;
-        loop {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for streams in &slots {
-                pipe.add_command(self.read_new_command(streams, per_stream, 0));
-            }
-            let answers: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut self.conn).await?;
-            let mut entries = Vec::new();
-            let mut dropped = false;
-            let mut failed = None;
-            for (streams, answer) in slots.iter().zip(answers) {
-                match answer {
-                    Ok(answer) => entries.extend(reply::read_reply(answer, Source::New)?),
-                    Err(error) => match self.refused(streams, error).await {
-                        Ok(()) => dropped = true,
-                        Err(error) => failed = Some(error),
-                    },
+                    if let Err(error) = self.refused(streams, error).await {
+                        failed = Some(error);
+                    }
+                    // Those still known were not read: they wait for the next read.
+                    self.read_later(streams.iter());
                 }
             }
-            if !entries.is_empty() || dropped {
-                return Ok(entries);
+        }
+        let mut read: HashMap<&StreamKey, usize> = HashMap::new();
+        for entry in &entries {
+            *read.entry(&entry.stream).or_default() += 1;
+        }
+        for (stream, n) in read {
+            if n >= per_stream {
+                self.queue.read_again(stream.clone());
             }
-            if let Some(error) = failed {
-                return Err(error);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(entries);
-            }
-            tokio::time::sleep(POLL_EVERY.min(deadline - now)).await;
+        }
+        match failed {
+            Some(error) if entries.is_empty() => Err(error),
+            _ => Ok(entries),
         }
     }
 
-    fn one_slot(&self) -> bool {
-        let mut slots = self.streams.iter().map(|stream| hash_slot(stream));
-        let first = slots.next();
-        slots.all(|slot| Some(slot) == first)
-    }
-
-    /// The streams to read, one group per hash slot.
-    fn by_slot(&self) -> Vec<Vec<StreamKey>> {
-        let mut slots: BTreeMap<u16, Vec<StreamKey>> = BTreeMap::new();
-        for stream in &self.streams {
-            slots
-                .entry(hash_slot(stream))
-                .or_default()
-                .push(stream.clone());
-        }
-        slots.into_values().collect()
-    }
-
-    fn read_new_command(
-        &self,
-        streams: &[StreamKey],
-        per_stream: usize,
-        block_ms: u64,
-    ) -> redis::Cmd {
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(&self.config.group)
-            .arg(&self.config.consumer)
-            .arg("COUNT")
-            .arg(per_stream);
-        if block_ms > 0 {
-            command.arg("BLOCK").arg(block_ms);
-        }
-        command.arg("STREAMS");
+    /// Queues streams a read could not cover for the next one.
+    fn read_later<'s>(&mut self, streams: impl Iterator<Item = &'s StreamKey>) {
         for stream in streams {
-            command.arg(&**stream);
+            if self.known.contains(stream) {
+                self.queue.read_again(stream.clone());
+            }
         }
-        for _ in streams {
-            command.arg(">");
-        }
-        command
     }
 
     /// After `error` refused a command naming `streams` (all of one slot when reading by
@@ -438,7 +482,7 @@ impl<C: ConnectionLike + Send> Reader<C> {
             return Err(error.into());
         }
         let mut faulty = Vec::new();
-        for chunk in streams.chunks(STREAMS_PER_COMMAND) {
+        for chunk in streams.chunks(STREAMS_PER_PROBE) {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for stream in chunk {
@@ -459,4 +503,35 @@ impl<C: ConnectionLike + Send> Reader<C> {
         }
         Ok(())
     }
+}
+
+/// `XREADGROUP` of new entries, `per_stream` at most from each of `streams`.
+fn read_new_command(config: &ReadConfig, streams: &[StreamKey], per_stream: usize) -> redis::Cmd {
+    let mut command = redis::cmd("XREADGROUP");
+    command
+        .arg("GROUP")
+        .arg(&config.group)
+        .arg(&config.consumer)
+        .arg("COUNT")
+        .arg(per_stream)
+        .arg("STREAMS");
+    for stream in streams {
+        command.arg(&**stream);
+    }
+    for _ in streams {
+        command.arg(">");
+    }
+    command
+}
+
+/// `streams`, one group per hash slot.
+fn by_slot(streams: &[StreamKey]) -> Vec<Vec<StreamKey>> {
+    let mut slots: BTreeMap<u16, Vec<StreamKey>> = BTreeMap::new();
+    for stream in streams {
+        slots
+            .entry(hash_slot(stream))
+            .or_default()
+            .push(stream.clone());
+    }
+    slots.into_values().collect()
 }

@@ -73,6 +73,12 @@ struct Args {
     /// Numbers of coupons the lag run spreads the events over, one run each.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     lag_coupons: Vec<u64>,
+    /// Events per second to one live coupon in the hot-coupon lag runs (0 skips them).
+    #[arg(long, default_value_t = 2_000)]
+    lag_hot_rate: u64,
+    /// Numbers of dormant coupons around the live one, one hot-coupon run each.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    lag_hot_coupons: Vec<u64>,
     /// Tiny counts: checks that every part works, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -150,6 +156,22 @@ fn main() {
                 args.lag_rate,
                 *coupons,
                 Duration::from_secs(args.lag_seconds),
+                lag::Shape::Spread,
+            );
+            println!("{lag}");
+        }
+    }
+    if args.lag_hot_rate > 0 && args.lag_seconds > 0 {
+        println!("\n## persister lag: one live coupon among dormant ones\n");
+        for coupons in &args.lag_hot_coupons {
+            let lag = lag::at_steady_rate(
+                &runtime,
+                &bench,
+                &url,
+                args.lag_hot_rate,
+                *coupons,
+                Duration::from_secs(args.lag_seconds),
+                lag::Shape::OneHot,
             );
             println!("{lag}");
         }

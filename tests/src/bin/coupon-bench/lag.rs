@@ -1,7 +1,9 @@
-//! The persister's lag at a steady rate: events issued at a fixed rate over many coupons
-//! for a while, the persister running with its defaults and trimming every second; the lag
-//! of each event (its commit time minus its time) is read from the persister's histogram
-//! over the steady part of the run.
+//! The persister's lag at a steady rate: events issued at a fixed rate over many coupons, or
+//! all to one live coupon among many dormant ones, for a while, the persister running with
+//! its defaults and trimming every second; the lag of each event (its commit time minus its
+//! time) is read from the persister's histogram over the steady part of the run. Beside it,
+//! what the persister costs Redis: `XREADGROUP`'s calls and time (`INFO commandstats`), the
+//! commands over 1 ms (`SLOWLOG`), and the p99 of an independent client's `COUPON.ISSUE`.
 
 use super::Bench;
 use coupon_tests::{query_rows, MariaDb, Persister};
@@ -25,8 +27,91 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// How the events fall on the coupons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Evenly over every coupon.
+    Spread,
+    /// All on one coupon; the others stay dormant (a live sale on a platform).
+    OneHot,
+}
+
+/// What the persister cost Redis during the steady part of a run.
+#[derive(Debug, Default)]
+struct RedisCost {
+    xreadgroup_calls: u64,
+    xreadgroup_usec: u64,
+    /// Commands over 1 ms, by name (`SLOWLOG`, at most 128 kept).
+    slow: BTreeMap<String, u64>,
+    /// An independent client's `COUPON.ISSUE`, one every 10 ms: p99 round trip.
+    probe_p99_ms: f64,
+}
+
+impl fmt::Display for RedisCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let slow: Vec<String> = self.slow.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        write!(
+            f,
+            "XREADGROUP {} calls, {:.0} µs each; commands over 1 ms: {}; an independent \
+             COUPON.ISSUE p99 {:.1} ms",
+            self.xreadgroup_calls,
+            self.xreadgroup_usec as f64 / self.xreadgroup_calls.max(1) as f64,
+            if slow.is_empty() {
+                "none".to_string()
+            } else {
+                slow.join(", ")
+            },
+            self.probe_p99_ms
+        )
+    }
+}
+
+/// `XREADGROUP`'s calls and microseconds so far.
+fn xreadgroup_stats(conn: &mut redis::Connection) -> (u64, u64) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(conn)
+        .unwrap_or_default();
+    let line = info
+        .lines()
+        .find(|line| line.starts_with("cmdstat_xreadgroup:"))
+        .unwrap_or("");
+    let field = |name: &str| -> u64 {
+        line.split([':', ','])
+            .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("calls"), field("usec"))
+}
+
+/// Commands in the slow log, by name.
+fn slow_commands(conn: &mut redis::Connection) -> BTreeMap<String, u64> {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(128)
+        .query(conn)
+        .unwrap_or_default();
+    let mut slow = BTreeMap::new();
+    for entry in entries {
+        let redis::Value::Array(fields) = entry else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            continue;
+        };
+        if let Some(redis::Value::BulkString(name)) = args.first() {
+            *slow
+                .entry(String::from_utf8_lossy(name).to_uppercase())
+                .or_insert(0) += 1;
+        }
+    }
+    slow
+}
+
 /// What one run measured.
 pub struct Lag {
+    shape: Shape,
     coupons: u64,
     asked: u64,
     achieved: f64,
@@ -35,14 +120,20 @@ pub struct Lag {
     p50_ms: f64,
     p99_ms: f64,
     max_rss_kb: u64,
+    cost: RedisCost,
 }
 
 impl fmt::Display for Lag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shape = match self.shape {
+            Shape::Spread => "spread over",
+            Shape::OneHot => "to one coupon among",
+        };
         write!(
             f,
-            "{} coupons, {} events/s asked, {:.0} issued: lag p50 {:.0} ms, p99 {:.0} ms, \
-             {:.2}% within 250 ms ({:.0} events observed); persister RSS at most {:.1} MB",
+            "{shape} {} coupons, {} events/s asked, {:.0} issued: lag p50 {:.0} ms, p99 {:.0} \
+             ms, {:.2}% within 250 ms ({:.0} events observed); persister RSS at most {:.1} \
+             MB\n  Redis: {}",
             self.coupons,
             self.asked,
             self.achieved,
@@ -50,7 +141,8 @@ impl fmt::Display for Lag {
             self.p99_ms,
             100.0 * self.within_250ms,
             self.events,
-            self.max_rss_kb as f64 / 1024.0
+            self.max_rss_kb as f64 / 1024.0,
+            self.cost
         )
     }
 }
@@ -101,8 +193,8 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
     f64::NAN
 }
 
-/// Issues `rate` events a second over `coupons` coupons for a fifth of `hold` (warm-up) and
-/// then `hold`, with a persister draining them into a fresh MariaDB.
+/// Issues `rate` events a second to `coupons` coupons as `shape` says for a fifth of `hold`
+/// (warm-up) and then `hold`, with a persister draining them into a fresh MariaDB.
 pub fn at_steady_rate(
     runtime: &tokio::runtime::Runtime,
     bench: &Bench,
@@ -110,6 +202,7 @@ pub fn at_steady_rate(
     rate: u64,
     coupons: u64,
     hold: Duration,
+    shape: Shape,
 ) -> Lag {
     let tag = format!("lag{coupons}:{}", bench.run);
     let key = tag.clone();
@@ -131,7 +224,6 @@ pub fn at_steady_rate(
         &[
             ("stream-pattern", &format!("{tag}:*:events*")),
             ("linger-ms", "50"),
-            ("discover-interval-ms", "5000"),
             ("claim-idle-ms", "30000"),
             ("trim-interval-ms", "1000"),
         ],
@@ -169,7 +261,10 @@ pub fn at_steady_rate(
             let mut pipe = redis::pipe();
             for i in next..next + per_tick {
                 pipe.cmd("COUPON.ISSUE")
-                    .arg(format!("{key}:{}", i % coupons))
+                    .arg(match shape {
+                        Shape::Spread => format!("{key}:{}", i % coupons),
+                        Shape::OneHot => format!("{key}:0"),
+                    })
                     .arg(format!("u{i}"))
                     .arg(i64::MAX)
                     .ignore();
@@ -187,15 +282,60 @@ pub fn at_steady_rate(
         while sends.join_next().await.is_some() {}
     });
     std::thread::sleep(warm_up);
+    let client = redis::Client::open(url).expect("a valid Redis URL");
+    let mut stats = client
+        .get_connection()
+        .expect("a connection for the figures");
+    let _: redis::RedisResult<()> = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(1000)
+        .query(&mut stats);
+    let _: redis::RedisResult<()> = redis::cmd("SLOWLOG").arg("RESET").query(&mut stats);
+    let (calls_before, usec_before) = xreadgroup_stats(&mut stats);
     let before = buckets(&persister);
     let issued_before = issued.load(Ordering::Relaxed);
     let started = Instant::now();
+    let probe = {
+        let client = client.clone();
+        let probe_key = format!("{tag}-probe");
+        std::thread::spawn(move || {
+            let mut round_trips = Vec::new();
+            let Ok(mut conn) = client.get_connection() else {
+                return round_trips;
+            };
+            let mut i = 0u64;
+            while started.elapsed() < hold {
+                let sent = Instant::now();
+                let _: redis::RedisResult<redis::Value> = redis::cmd("COUPON.ISSUE")
+                    .arg(&probe_key)
+                    .arg(format!("p{i}"))
+                    .arg(1)
+                    .query(&mut conn);
+                round_trips.push(sent.elapsed());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            round_trips
+        })
+    };
     let mut max_rss_kb = 0;
     while started.elapsed() < hold {
         max_rss_kb = max_rss_kb.max(persister.pid().map_or(0, rss_kb));
         std::thread::sleep(Duration::from_millis(200));
     }
     let after = buckets(&persister);
+    let (calls_after, usec_after) = xreadgroup_stats(&mut stats);
+    let mut round_trips = probe.join().unwrap_or_default();
+    round_trips.sort();
+    let cost = RedisCost {
+        xreadgroup_calls: calls_after.saturating_sub(calls_before),
+        xreadgroup_usec: usec_after.saturating_sub(usec_before),
+        slow: slow_commands(&mut stats),
+        probe_p99_ms: round_trips
+            .get(round_trips.len() * 99 / 100)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    };
     let achieved =
         (issued.load(Ordering::Relaxed) - issued_before) as f64 / started.elapsed().as_secs_f64();
     let _ = runtime.block_on(load);
@@ -220,6 +360,7 @@ pub fn at_steady_rate(
         std::thread::sleep(Duration::from_millis(100));
     }
     Lag {
+        shape,
         coupons,
         asked: rate,
         achieved,
@@ -228,6 +369,7 @@ pub fn at_steady_rate(
         p50_ms: 1000.0 * quantile(&delta, 0.5),
         p99_ms: 1000.0 * quantile(&delta, 0.99),
         max_rss_kb,
+        cost,
     }
 }
 

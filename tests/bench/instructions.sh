@@ -74,3 +74,5 @@ count "duplicate: SDK Lua"       $holder EVALSHA "$sdk" 2 k 'k:events{k}' issue 
 count "duplicate: seeds-style Lua" $holder EVALSHA "$seeds" 2 '{s}:set' '{s}:q' user-__rand_int__ $limit
 count "duplicate: SISMEMBER"     $holder SISMEMBER set user-__rand_int__
 count "duplicate: HGET"          $holder HGET hash user-__rand_int__
+count "xadd: another stream"     $fresh XADD plain '*' user new-__rand_int__
+count "xadd: a coupon's stream"  $fresh XADD 'x:events{x}' '*' user new-__rand_int__

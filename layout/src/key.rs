@@ -111,7 +111,9 @@ impl<'a> CouponKey<'a> {
                 if open != EVENTS_OPEN || inner != key {
                     return None;
                 }
-                CouponKey::new(key).ok().filter(|coupon| !coupon.tagged)
+                // Untagged: no brace at all (one pass, where `new` would take two).
+                let untagged = !key.is_empty() && !key.iter().any(|b| *b == b'{' || *b == b'}');
+                untagged.then_some(CouponKey { key, tagged: false })
             }
             // `K:events`, K tagged.
             None => {

@@ -9,8 +9,7 @@
 //! raised, so a reader it may have failed is told so (`complete` = false) and sweeps.
 
 use super::{parse_int, CouponError};
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -139,7 +138,16 @@ pub struct Page {
     pub streams: Vec<Arc<[u8]>>,
 }
 
+/// Tombstones tolerated beyond one per live stream before the log is compacted.
+const SLACK: usize = 1024;
+
 /// The index of one module instance.
+///
+/// `log` holds the notes in tick order. A stream noted again moves to the back: when it was
+/// the newest (one hot coupon) its entry is simply taken off the back and pushed again;
+/// otherwise its old entry becomes a tombstone, found by binary search. Tombstones at the
+/// front go at once; the rest when they outnumber live entries, in one pass without hashing.
+/// No move allocates.
 pub struct ChangeIndex {
     epoch: u64,
     capacity: usize,
@@ -148,7 +156,9 @@ pub struct ChangeIndex {
     /// The newest tick dropped without being forgotten (capacity, a flush): a cursor before
     /// it may have missed that change.
     floor: u64,
-    by_tick: BTreeMap<u64, Arc<[u8]>>,
+    /// `(tick, stream)`, ticks increasing; `None` is a tombstone.
+    log: VecDeque<(u64, Option<Arc<[u8]>>)>,
+    /// Each live stream's tick: exactly one live log entry per stream.
     ticks: Names,
 }
 
@@ -160,7 +170,7 @@ impl ChangeIndex {
             capacity: capacity.max(1),
             tick: 0,
             floor: 0,
-            by_tick: BTreeMap::new(),
+            log: VecDeque::new(),
             ticks: Names::default(),
         }
     }
@@ -183,38 +193,71 @@ impl ChangeIndex {
     pub fn note(&mut self, stream: &[u8]) {
         self.tick += 1;
         let tick = self.tick;
-        if let Some(old) = self.ticks.get_mut(stream) {
-            let previous = std::mem::replace(old, tick);
-            if let Some(name) = self.by_tick.remove(&previous) {
-                self.by_tick.insert(tick, name);
-            }
+        if let Some(current) = self.ticks.get_mut(stream) {
+            let previous = std::mem::replace(current, tick);
+            let name = match self.log.back() {
+                Some((newest, _)) if *newest == previous => {
+                    self.log.pop_back().and_then(|(_, name)| name)
+                }
+                _ => self.bury(previous),
+            };
+            // Always found: the map and the log hold the same live streams.
+            let name = name.unwrap_or_else(|| Arc::from(stream));
+            self.log.push_back((tick, Some(name)));
+            self.tidy();
             return;
         }
         if self.ticks.len() >= self.capacity {
-            if let Some((oldest, name)) = self.by_tick.pop_first() {
-                self.ticks.remove(&name);
-                self.floor = self.floor.max(oldest);
-            }
+            self.drop_oldest();
         }
         let name: Arc<[u8]> = Arc::from(stream);
-        if let Entry::Vacant(slot) = self.ticks.entry(Arc::clone(&name)) {
-            slot.insert(tick);
-            self.by_tick.insert(tick, name);
-        }
+        self.ticks.insert(Arc::clone(&name), tick);
+        self.log.push_back((tick, Some(name)));
     }
 
     /// `stream` is gone (deleted, renamed away, expired, evicted): nothing is left to read.
     pub fn forget(&mut self, stream: &[u8]) {
         if let Some(tick) = self.ticks.remove(stream) {
-            self.by_tick.remove(&tick);
+            self.bury(tick);
+            self.tidy();
         }
     }
 
     /// Drops every entry (a flush) and raises the floor: a reader behind it sweeps.
     pub fn forget_all(&mut self) {
         self.ticks.clear();
-        self.by_tick.clear();
+        self.log.clear();
         self.floor = self.tick;
+    }
+
+    /// Turns the live entry of `tick` into a tombstone; its name.
+    fn bury(&mut self, tick: u64) -> Option<Arc<[u8]>> {
+        let at = self.log.partition_point(|(t, _)| *t < tick);
+        match self.log.get_mut(at) {
+            Some((t, name)) if *t == tick => name.take(),
+            _ => None,
+        }
+    }
+
+    /// Pops tombstones off the front; compacts when they outnumber the live entries.
+    fn tidy(&mut self) {
+        while let Some((_, None)) = self.log.front() {
+            self.log.pop_front();
+        }
+        if self.log.len() > 2 * self.ticks.len() + SLACK {
+            self.log.retain(|(_, name)| name.is_some());
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        while let Some((tick, name)) = self.log.pop_front() {
+            if let Some(name) = name {
+                self.ticks.remove(&name);
+                self.floor = self.floor.max(tick);
+                break;
+            }
+        }
+        self.tidy();
     }
 
     /// The streams changed after `cursor`, at most `count` (at least one), oldest change first.
@@ -229,12 +272,17 @@ impl ChangeIndex {
             // Changes before this instance were never seen: the caller must sweep.
             Cursor::Start | Cursor::At { .. } => (0, false),
         };
-        let mut listed = self.by_tick.range(after + 1..);
-        let mut streams = Vec::with_capacity(count.clamp(1, MAX_COUNT).min(self.len()));
+        let from = self.log.partition_point(|(tick, _)| *tick <= after);
+        let mut listed = self
+            .log
+            .range(from..)
+            .filter_map(|(tick, name)| Some((*tick, name.as_ref()?)));
+        let count = count.max(1);
+        let mut streams = Vec::with_capacity(count.min(self.len()));
         let mut last = after;
-        for (tick, name) in listed.by_ref().take(count.max(1)) {
+        for (tick, name) in listed.by_ref().take(count) {
             streams.push(Arc::clone(name));
-            last = *tick;
+            last = tick;
         }
         // More left: go on after the last listed; else from now.
         let next_tick = if listed.next().is_some() {
@@ -250,6 +298,12 @@ impl ChangeIndex {
             complete,
             streams,
         })
+    }
+
+    /// Entries in the log, tombstones included (for tests of its bound).
+    #[cfg(test)]
+    fn log_len(&self) -> usize {
+        self.log.len()
     }
 }
 
@@ -330,6 +384,38 @@ mod tests {
         let rest = index.page(first.next, 10).unwrap();
         assert_eq!(names(&rest), ["c", "a", "b"]);
         assert!(rest.complete);
+    }
+
+    #[test]
+    fn interleaved_and_forgotten_streams_leave_a_bounded_log() {
+        let mut index = index_of(&["dormant"]);
+        for round in 0..10_000u64 {
+            index.note(b"hot");
+            index.note(if round % 2 == 0 { b"a" } else { b"b" });
+            if round % 3 == 0 {
+                index.forget(b"gone");
+                index.note(b"gone");
+            }
+            assert!(index.log_len() <= 2 * index.len() + SLACK + 1);
+        }
+        assert_eq!(index.len(), 5);
+        // The last round noted hot, b, gone; a was noted the round before.
+        let page = index.page(at(0), 10).unwrap();
+        assert_eq!(names(&page), ["dormant", "a", "hot", "b", "gone"]);
+        let tail = index.page(at(index.tick - 2), 10).unwrap();
+        assert_eq!(names(&tail), ["b", "gone"]);
+        // Paging one at a time lists each live stream once, in order.
+        let mut cursor = at(0);
+        let mut seen = Vec::new();
+        loop {
+            let page = index.page(cursor, 1).unwrap();
+            if page.streams.is_empty() {
+                break;
+            }
+            seen.extend(names(&page));
+            cursor = page.next;
+        }
+        assert_eq!(seen, ["dormant", "a", "hot", "b", "gone"]);
     }
 
     #[test]

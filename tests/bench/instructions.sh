@@ -16,6 +16,7 @@ trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$wor
 
 (cd "$work" && exec valgrind --tool=callgrind --dump-instr=no redis-server --port "$port" \
   --save "" --appendonly no --loadmodule "$module" >valgrind.log 2>&1) &
+server=$!  # callgrind_control without a pid would zero and dump every callgrind on the machine
 for _ in $(seq 1 120); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.5; done
 
 seeds=$(redis-cli -p "$port" script load "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
@@ -48,9 +49,9 @@ redis-cli -p "$port" --pipe < "$work/fill" >/dev/null
 
 count() {
   local label=$1; shift
-  (cd "$work" && callgrind_control -z >/dev/null 2>&1)
+  (cd "$work" && callgrind_control -z "$server" >/dev/null 2>&1)
   redis-benchmark -p "$port" -c 10 -P 16 -n "$requests" -q --csv "$@" >/dev/null
-  (cd "$work" && callgrind_control -d "$label" >/dev/null 2>&1)
+  (cd "$work" && callgrind_control -d "$label" "$server" >/dev/null 2>&1)
   local dump total
   dump=$(ls -t "$work"/callgrind.out.* | head -1)
   total=$(grep -m1 '^summary:' "$dump" | awk '{print $2}')

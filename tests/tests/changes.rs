@@ -519,6 +519,28 @@ fn acl_allows_it_by_name(flavor: Flavor) {
     let mut other = connect_as(&server, "other");
     let refused = refusal(&mut other, &["0"]);
     assert!(refused.starts_with("NOPERM"), "{refused}");
+    // Where module commands have categories (Redis 7.2+, Valkey): @read, @slow, @keyspace.
+    let version: String = redis::cmd("INFO").arg("server").query(&mut admin).unwrap();
+    let has_categories = version
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .map(|v| {
+            v.trim()
+                .split('.')
+                .map(|p| p.parse::<u32>().unwrap_or(0))
+                .collect::<Vec<_>>()
+        })
+        .is_some_and(|v| v >= vec![7, 2]);
+    for category in ["read", "slow", "keyspace", "write", "fast"] {
+        let members: Vec<String> = redis::cmd("ACL")
+            .arg("CAT")
+            .arg(category)
+            .query(&mut admin)
+            .unwrap();
+        let listed = members.iter().any(|name| name == "coupon.changes");
+        let expected = has_categories && ["read", "slow", "keyspace"].contains(&category);
+        assert_eq!(listed, expected, "coupon.changes in @{category}");
+    }
 }
 
 on_every_server!(

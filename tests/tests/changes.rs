@@ -2,8 +2,9 @@
 //! the persister. Every way a stream gets an entry is noted — the module's own writes, the
 //! SDK's Lua fallback, replication, RESTORE, MIGRATE, RENAME — and only coupon streams are.
 
+use coupon_layout::hash_slot;
 use coupon_sdk::{Backend, Coupons, Outcome};
-use coupon_tests::{on_every_server, Flavor, Server};
+use coupon_tests::{on_every_server, Cluster, Flavor, Server};
 use redis::{Connection, RedisResult, Value};
 use std::time::{Duration, Instant};
 
@@ -543,6 +544,46 @@ fn acl_allows_it_by_name(flavor: Flavor) {
     }
 }
 
+fn node(cluster: &Cluster, node: usize) -> Connection {
+    redis::Client::open(cluster.urls()[node].as_str())
+        .and_then(|client| client.get_connection())
+        .expect("connect to a cluster node")
+}
+
+/// On a cluster every node answers (the command names no key, so nothing redirects it), about
+/// its own streams; a slot moved by resharding takes the stream into the target's index.
+fn on_a_cluster_each_node_lists_its_own_streams(flavor: Flavor) {
+    let cluster = Cluster::start(flavor);
+    let slot = hash_slot(b"sale");
+    let owner = cluster.owner_of(slot);
+    issue(&mut node(&cluster, owner), "sale", "alice");
+    let primaries = cluster.primaries();
+    for &each in &primaries {
+        let listed = changes(&mut node(&cluster, each), "0").streams;
+        let expected = if each == owner {
+            names(&["sale:events{sale}"])
+        } else {
+            Vec::new()
+        };
+        assert_eq!(listed, expected, "node {each}");
+    }
+    let target = *primaries
+        .iter()
+        .find(|&&n| n != owner)
+        .expect("another primary");
+    let before = changes(&mut node(&cluster, target), "0").cursor;
+    cluster.begin_slot_move(slot, owner, target);
+    cluster.migrate(owner, target, &[b"sale", b"sale:events{sale}"]);
+    cluster.finish_slot_move(slot, owner, target);
+    let arrived = changes(&mut node(&cluster, target), &before);
+    assert_eq!(arrived.streams, names(&["sale:events{sale}"]));
+    assert!(arrived.complete);
+    assert_eq!(
+        changes(&mut node(&cluster, owner), "0").streams,
+        Vec::<String>::new()
+    );
+}
+
 on_every_server!(
     issue_and_revoke_note_the_stream,
     the_lua_fallback_notes_the_stream,
@@ -555,4 +596,5 @@ on_every_server!(
     bad_input_errors_and_changes_nothing,
     works_in_multi_and_scripts,
     acl_allows_it_by_name,
+    on_a_cluster_each_node_lists_its_own_streams,
 );

@@ -52,6 +52,8 @@ impl fmt::Display for KeyError {
 impl std::error::Error for KeyError {}
 
 const EVENTS_SUFFIX: &[u8] = b":events";
+/// What joins an untagged key to its copy in the stream's tag: `K:events{K}`.
+const EVENTS_OPEN: &[u8] = b":events{";
 
 impl<'a> CouponKey<'a> {
     pub fn new(key: &'a [u8]) -> Result<Self, KeyError> {
@@ -95,16 +97,30 @@ impl<'a> CouponKey<'a> {
     /// assert!(CouponKey::of_events_key(b"app:events").is_none());
     /// ```
     pub fn of_events_key(stream: &'a [u8]) -> Option<Self> {
-        let candidate = match stream.strip_suffix(b"}") {
-            // `K:events{K}`: K is what precedes ":events{" and must repeat inside the braces.
+        // Compared piece by piece, without building the name: the module asks this of every
+        // stream key a keyspace event names, on the main thread.
+        match stream.strip_suffix(b"}") {
+            // `K:events{K}`, K untagged: K, then ":events{", then K again.
             Some(body) => {
-                let half = body.len().checked_sub(EVENTS_SUFFIX.len() + 1)? / 2;
-                &stream[..half]
+                let doubled = body.len().checked_sub(EVENTS_OPEN.len())?;
+                if doubled % 2 != 0 {
+                    return None;
+                }
+                let (key, rest) = body.split_at(doubled / 2);
+                let (open, inner) = rest.split_at(EVENTS_OPEN.len());
+                if open != EVENTS_OPEN || inner != key {
+                    return None;
+                }
+                // Untagged: no brace at all (one pass, where `new` would take two).
+                let untagged = !key.is_empty() && !key.iter().any(|b| *b == b'{' || *b == b'}');
+                untagged.then_some(CouponKey { key, tagged: false })
             }
-            None => stream.strip_suffix(EVENTS_SUFFIX)?,
-        };
-        let coupon = CouponKey::new(candidate).ok()?;
-        (coupon.events_key() == stream).then_some(coupon)
+            // `K:events`, K tagged.
+            None => {
+                let key = stream.strip_suffix(EVENTS_SUFFIX)?;
+                CouponKey::new(key).ok().filter(|coupon| coupon.tagged)
+            }
+        }
     }
 }
 
@@ -216,6 +232,54 @@ mod tests {
                 "{foreign}"
             );
         }
+    }
+
+    /// Every name over a small alphabet up to 7 bytes: a stream is a coupon's exactly when
+    /// building that coupon's stream name gives it back.
+    #[test]
+    fn recognising_a_stream_agrees_with_building_its_name() {
+        fn by_building(stream: &[u8]) -> Option<&[u8]> {
+            let candidates = [
+                stream.strip_suffix(EVENTS_SUFFIX),
+                stream
+                    .strip_suffix(b"}")
+                    .and_then(|body| body.get(..body.len().saturating_sub(8) / 2)),
+            ];
+            candidates
+                .into_iter()
+                .flatten()
+                .find(|key| CouponKey::new(key).is_ok_and(|coupon| coupon.events_key() == stream))
+        }
+        let alphabet = [b'a', b'{', b'}', b':'];
+        let mut names: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..7 {
+            let longer: Vec<Vec<u8>> = names
+                .iter()
+                .filter(|name| name.len() == names.last().map_or(0, Vec::len))
+                .flat_map(|name| {
+                    alphabet.iter().map(move |b| {
+                        let mut next = name.clone();
+                        next.push(*b);
+                        next
+                    })
+                })
+                .collect();
+            names.extend(longer);
+        }
+        let mut streams = 0;
+        for key in &names {
+            for stream in [
+                [&key[..], b":events"].concat(),
+                [&key[..], b":events{", &key[..], b"}"].concat(),
+                [&key[..], b":events{", &key[..]].concat(),
+                key.clone(),
+            ] {
+                let found = CouponKey::of_events_key(&stream).map(|c| c.as_bytes());
+                assert_eq!(found, by_building(&stream), "{stream:?}");
+                streams += usize::from(found.is_some());
+            }
+        }
+        assert!(streams > 1000, "the names include many streams: {streams}");
     }
 
     #[test]

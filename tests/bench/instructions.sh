@@ -16,6 +16,7 @@ trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$wor
 
 (cd "$work" && exec valgrind --tool=callgrind --dump-instr=no redis-server --port "$port" \
   --save "" --appendonly no --loadmodule "$module" >valgrind.log 2>&1) &
+server=$!  # callgrind_control without a pid would zero and dump every callgrind on the machine
 for _ in $(seq 1 120); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.5; done
 
 seeds=$(redis-cli -p "$port" script load "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
@@ -46,12 +47,27 @@ for i in range(holders):
 PY
 redis-cli -p "$port" --pipe < "$work/fill" >/dev/null
 
+# callgrind_control can return before the dump is written (the server was idle): wait for the
+# file, or the previous one is read again.
+wait_for_dump() {
+  for _ in $(seq 1 300); do
+    if [ "$(ls "$work"/callgrind.out.* 2>/dev/null | wc -l)" -gt "$1" ] &&
+      grep -q '^totals:' "$(ls -t "$work"/callgrind.out.* | head -1)"; then
+      return
+    fi
+    sleep 0.1
+  done
+  echo "no callgrind dump after 30 s" >&2; exit 1
+}
+
 count() {
   local label=$1; shift
-  (cd "$work" && callgrind_control -z >/dev/null 2>&1)
+  (cd "$work" && callgrind_control -z "$server" >/dev/null 2>&1)
   redis-benchmark -p "$port" -c 10 -P 16 -n "$requests" -q --csv "$@" >/dev/null
-  (cd "$work" && callgrind_control -d "$label" >/dev/null 2>&1)
-  local dump total
+  local dump total dumps
+  dumps=$(ls "$work"/callgrind.out.* 2>/dev/null | wc -l)
+  (cd "$work" && callgrind_control -d "$label" "$server" >/dev/null 2>&1)
+  wait_for_dump "$dumps"
   dump=$(ls -t "$work"/callgrind.out.* | head -1)
   total=$(grep -m1 '^summary:' "$dump" | awk '{print $2}')
   printf '%-26s %8d\n' "$label" $((total / requests))
@@ -74,3 +90,5 @@ count "duplicate: SDK Lua"       $holder EVALSHA "$sdk" 2 k 'k:events{k}' issue 
 count "duplicate: seeds-style Lua" $holder EVALSHA "$seeds" 2 '{s}:set' '{s}:q' user-__rand_int__ $limit
 count "duplicate: SISMEMBER"     $holder SISMEMBER set user-__rand_int__
 count "duplicate: HGET"          $holder HGET hash user-__rand_int__
+count "xadd: another stream"     $fresh XADD plain '*' user new-__rand_int__
+count "xadd: a coupon stream"    $fresh XADD 'x:events{x}' '*' user new-__rand_int__

@@ -48,6 +48,7 @@ pub fn api_is_complete() -> Result<(), &'static str> {
         RedisModule_KeyExists,
         RedisModule_Call,
         RedisModule_SubscribeToServerEvent,
+        RedisModule_SubscribeToKeyspaceEvents,
         RedisModule_InfoAddFieldCString,
         RedisModule_Replicate,
         RedisModule_NotifyKeyspaceEvent,

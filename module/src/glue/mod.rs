@@ -1,6 +1,7 @@
 //! The Redis side: argument access, the low-level key API, the one write path, replies.
 
 mod boundary;
+mod changes;
 mod cluster;
 mod commands;
 mod eviction;

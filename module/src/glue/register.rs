@@ -1,10 +1,10 @@
 //! Module load: checks the server's API, registers the commands with their flags, key specs
-//! and ACL categories, and the INFO section.
+//! and ACL categories, starts the change index and adds the INFO section.
 
 use super::boundary::{serve, Handler};
 use super::commands;
 use super::ffi::{api, api_is_complete, Ctx, RawString};
-use super::{eviction, stats, words};
+use super::{changes, eviction, stats, words};
 use redis_module::{raw, Context, RedisString, Status};
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
@@ -17,8 +17,8 @@ struct Command {
     flags: &'static CStr,
     /// Redis' arity: exact if positive, a minimum if negative (command name included).
     arity: c_int,
-    /// How the command uses the coupon key (`REDISMODULE_CMD_KEY_*`).
-    key_flags: u32,
+    /// How the command uses the coupon key (`REDISMODULE_CMD_KEY_*`); `None`: it names no key.
+    key_flags: Option<u32>,
     /// ACL categories; only servers from 7.2 on (and Valkey) can set them. On 7.0 a
     /// module command belongs to no category and must be allowed by name.
     acl: &'static CStr,
@@ -35,7 +35,7 @@ macro_rules! callback {
     }};
 }
 
-fn commands() -> [Command; 5] {
+fn commands() -> [Command; 6] {
     [
         Command {
             name: c"coupon.issue",
@@ -44,9 +44,11 @@ fn commands() -> [Command; 5] {
             // maxmemory; the write path refuses with -OOM itself.
             flags: c"write fast",
             arity: -4,
-            key_flags: raw::REDISMODULE_CMD_KEY_RW
-                | raw::REDISMODULE_CMD_KEY_ACCESS
-                | raw::REDISMODULE_CMD_KEY_INSERT,
+            key_flags: Some(
+                raw::REDISMODULE_CMD_KEY_RW
+                    | raw::REDISMODULE_CMD_KEY_ACCESS
+                    | raw::REDISMODULE_CMD_KEY_INSERT,
+            ),
             acl: c"write fast hash stream",
             summary: c"Issues a coupon to a user if stock and the sale window allow, once per user",
             complexity: c"O(1)",
@@ -56,7 +58,7 @@ fn commands() -> [Command; 5] {
             callback: callback!("COUPON.REVOKE", commands::revoke),
             flags: c"write fast",
             arity: 3,
-            key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
+            key_flags: Some(raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE),
             acl: c"write fast hash stream",
             summary: c"Takes a coupon back from its holder; the stock returns, the seq does not",
             complexity: c"O(1)",
@@ -68,9 +70,11 @@ fn commands() -> [Command; 5] {
             // like the others: a re-run that writes nothing answers at maxmemory.
             flags: c"write",
             arity: -3,
-            key_flags: raw::REDISMODULE_CMD_KEY_RW
-                | raw::REDISMODULE_CMD_KEY_ACCESS
-                | raw::REDISMODULE_CMD_KEY_UPDATE,
+            key_flags: Some(
+                raw::REDISMODULE_CMD_KEY_RW
+                    | raw::REDISMODULE_CMD_KEY_ACCESS
+                    | raw::REDISMODULE_CMD_KEY_UPDATE,
+            ),
             acl: c"write hash stream",
             summary: c"Puts back holders a database knows and Redis lost, and raises the last seq",
             complexity:
@@ -81,7 +85,7 @@ fn commands() -> [Command; 5] {
             callback: callback!("COUPON.CHECK", commands::check),
             flags: c"readonly fast",
             arity: 3,
-            key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+            key_flags: Some(raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS),
             acl: c"read fast hash",
             summary: c"Returns the seq a user holds, or nil",
             complexity: c"O(1)",
@@ -91,10 +95,22 @@ fn commands() -> [Command; 5] {
             callback: callback!("COUPON.INFO", commands::info),
             flags: c"readonly fast",
             arity: 2,
-            key_flags: raw::REDISMODULE_CMD_KEY_RO,
+            key_flags: Some(raw::REDISMODULE_CMD_KEY_RO),
             acl: c"read fast hash stream",
             summary: c"Returns a coupon's holders, revokes, last seq and event count",
             complexity: c"O(1)",
+        },
+        Command {
+            name: c"coupon.changes",
+            callback: callback!("COUPON.CHANGES", changes::changes),
+            // Keyless: on a cluster any node answers, about its own streams. Not fast: it
+            // lists up to COUNT names.
+            flags: c"readonly",
+            arity: -2,
+            key_flags: None,
+            acl: c"read slow keyspace",
+            summary: c"Lists this node's coupon event streams changed since a cursor",
+            complexity: c"O(N) for N streams listed (at most COUNT), plus O(log M) for M indexed",
         },
     ]
 }
@@ -107,6 +123,10 @@ pub fn on_load(ctx: &Context, _args: &[RedisString]) -> Status {
     }
     words::init();
     eviction::watch(ctx.ctx);
+    if let Err(why) = changes::init(ctx.ctx) {
+        ctx.log_warning(&format!("cannot start the change index: {why}"));
+        return Status::Err;
+    }
     for command in commands() {
         if let Err(why) = register(ctx.ctx, &command) {
             ctx.log_warning(&format!(
@@ -122,15 +142,17 @@ pub fn on_load(ctx: &Context, _args: &[RedisString]) -> Status {
 
 fn register(ctx: Ctx, command: &Command) -> Result<(), &'static str> {
     let ok = raw::REDISMODULE_OK as c_int;
+    // The legacy key range: the coupon key at 1, or none.
+    let key = c_int::from(command.key_flags.is_some());
     unsafe {
         if api!(RedisModule_CreateCommand)(
             ctx,
             command.name.as_ptr(),
             command.callback,
             command.flags.as_ptr(),
-            1,
-            1,
-            1,
+            key,
+            key,
+            key,
         ) != ok
         {
             return Err("CreateCommand failed");
@@ -139,10 +161,14 @@ fn register(ctx: Ctx, command: &Command) -> Result<(), &'static str> {
         if handle.is_null() {
             return Err("GetCommand found nothing");
         }
+        // Terminated by a zeroed spec; a keyless command has only the terminator.
         let mut key_specs = [
-            coupon_key_spec(command.key_flags),
+            MaybeUninit::zeroed().assume_init(),
             MaybeUninit::zeroed().assume_init(),
         ];
+        if let Some(flags) = command.key_flags {
+            key_specs[0] = coupon_key_spec(flags);
+        }
         let version = raw::RedisModuleCommandInfoVersion {
             version: 1,
             sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),

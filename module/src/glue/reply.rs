@@ -1,7 +1,7 @@
 //! Reply shapes, written straight to the client with the reply API (no intermediate values).
 
 use super::ffi::{api, Ctx};
-use crate::rules::{IssueOutcome, RestoreOutcome};
+use crate::rules::{IssueOutcome, Page, RestoreOutcome};
 use std::ffi::CString;
 use std::os::raw::{c_char, c_long};
 
@@ -38,6 +38,22 @@ pub fn restore(ctx: Ctx, outcomes: &[RestoreOutcome]) {
                 bulk(word);
                 bulk(user);
             }
+        }
+    }
+}
+
+/// `[next cursor, complete (0/1), [stream, ...]]`.
+pub fn changes(ctx: Ctx, page: &Page) {
+    let next = page.next.to_string();
+    unsafe {
+        api!(RedisModule_ReplyWithArray)(ctx, 3);
+        api!(RedisModule_ReplyWithStringBuffer)(ctx, next.as_ptr().cast(), next.len());
+    }
+    integer(ctx, i64::from(page.complete));
+    unsafe {
+        api!(RedisModule_ReplyWithArray)(ctx, page.streams.len() as c_long);
+        for stream in &page.streams {
+            api!(RedisModule_ReplyWithStringBuffer)(ctx, stream.as_ptr().cast(), stream.len());
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Counters behind `INFO coupon`: what the commands answered since the server started.
 
-use super::eviction;
 use super::ffi::api;
+use super::{changes, eviction};
 use crate::rules::IssueOutcome;
 use redis_module::raw;
 use std::ffi::CString;
@@ -54,9 +54,10 @@ impl From<&IssueOutcome> for Stat {
     }
 }
 
-/// The module's INFO sections: `coupon_stats` (answers since start) and `coupon_eviction`
-/// (whether the server's eviction policy puts coupon data at risk, and the warning if so).
-pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
+/// The module's INFO sections: `coupon_stats` (answers since start), `coupon_eviction`
+/// (whether the server's eviction policy puts coupon data at risk, and the warning if so) and
+/// `coupon_changes` (the change index's epoch and size).
+pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, for_crash_report: c_int) {
     let ok = raw::REDISMODULE_OK as c_int;
     if api!(RedisModule_InfoAddSection)(ctx, c"stats".as_ptr()) != ok {
         return;
@@ -83,5 +84,17 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
             c"eviction_warning".as_ptr(),
             text(&warning).as_ptr(),
         );
+    }
+    // A crash report may be written while the index is locked: it goes without this section.
+    if for_crash_report != 0 || api!(RedisModule_InfoAddSection)(ctx, c"changes".as_ptr()) != ok {
+        return;
+    }
+    if let Some((epoch, streams)) = changes::describe() {
+        api!(RedisModule_InfoAddFieldCString)(
+            ctx,
+            c"changes_epoch".as_ptr(),
+            text(&epoch).as_ptr(),
+        );
+        api!(RedisModule_InfoAddFieldULongLong)(ctx, c"changes_streams".as_ptr(), streams);
     }
 }

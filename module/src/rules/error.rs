@@ -54,6 +54,21 @@ pub enum CouponError {
          nothing was changed; restore the coupon, or delete the stream to start it over"
     )]
     CouponMissing,
+    #[error(
+        "invalid cursor '{0}': expected 0 or a cursor COUPON.CHANGES returned \
+         (<epoch>-<tick>)"
+    )]
+    InvalidCursor(String),
+    #[error(
+        "invalid cursor '{0}': it is ahead of this node's change index, which never returned it"
+    )]
+    CursorAhead(String),
+    #[error("COUNT must be an integer from 1 to 10000")]
+    InvalidCount,
+    #[error("syntax error: COUNT takes <n>")]
+    CountArity,
+    #[error("syntax error: unknown option '{0}' (expected COUNT)")]
+    UnknownChangesOption(String),
     #[error("the coupon's keys are being migrated between nodes; retry")]
     Migrating,
 }

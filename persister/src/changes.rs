@@ -142,6 +142,12 @@ impl ChangeFeed {
                     self.has_index = Some(false);
                 }
                 Err(error) => {
+                    // A cursor the index refuses (never one it returned) starts over, with
+                    // a sweep.
+                    if error.to_string().contains("invalid cursor") {
+                        self.cursor = "0".into();
+                        self.has_index = None;
+                    }
                     self.reconnected = true;
                     return Err(error.into());
                 }

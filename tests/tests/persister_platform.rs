@@ -4,7 +4,7 @@
 //! persisted at once; the index being only a hint, a persister killed after learning of a
 //! change and a server restart that loses the index lose nothing.
 
-use coupon_tests::{assert_persisted, Flavor, Ledger, Persister, Server, TestDb};
+use coupon_tests::{assert_persisted, query_rows, Flavor, Ledger, Persister, Server, TestDb};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,15 @@ fn xreadgroup_stats(conn: &mut redis::Connection) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("calls"), field("usec"))
+}
+
+fn count_rows(url: &str) -> i64 {
+    use sqlx::Row;
+    query_rows(url, "SELECT COUNT(*) FROM coupon_issuance")
+        .ok()
+        .and_then(|rows| rows.into_iter().next())
+        .map(|row| row.get::<i64, _>(0))
+        .unwrap_or(0)
 }
 
 /// One issue to each of `coupons` (`prefix0`, `prefix1`, …), pipelined.
@@ -70,13 +79,15 @@ fn a_live_coupon_among_thousands_of_dormant_ones_drains_at_full_rate() {
     for chunk in 0..HOT / 1_000 {
         ledger.issue(&mut conn, b"live", &users(chunk * 1_000, 1_000), HOT as i64);
     }
-    assert_persisted(
-        Some(&server),
-        &db.url(),
-        &ledger,
-        Duration::from_secs(60),
-        || persister.log(),
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_rows(&db.url()) < (DORMANT + HOT) as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "not drained\n{}",
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let drained = started.elapsed();
     let (calls_after, usec_after) = xreadgroup_stats(&mut conn);
     let (calls, usec) = (calls_after - calls_before, usec_after - usec_before);
@@ -84,6 +95,13 @@ fn a_live_coupon_among_thousands_of_dormant_ones_drains_at_full_rate() {
         "{HOT} issues to one coupon among {DORMANT}: persisted in {drained:?}; {calls} \
          XREADGROUP calls, {:.0} µs each",
         usec as f64 / calls.max(1) as f64
+    );
+    assert_persisted(
+        Some(&server),
+        &db.url(),
+        &ledger,
+        Duration::from_secs(60),
+        || persister.log(),
     );
     // Reading every stream each time gives the live one a sliver of each read: one call per
     // entry or two. Reading the changed ones gives it the whole read.
@@ -145,18 +163,23 @@ fn a_persister_killed_between_learning_of_a_change_and_reading_it_loses_nothing(
     assert_persisted(None, &db.url(), &ledger, Duration::from_secs(30), || {
         persister.log()
     });
-    // The issues and a pause of every write in one step: the persister can still learn of
-    // them (COUPON.CHANGES is read-only) but its XREADGROUP waits.
+    // The issues (to a coupon whose stream the persister reads already) and a pause of
+    // every write in one step: the persister can still learn of them (COUPON.CHANGES is
+    // read-only) but its XREADGROUP waits.
     let mut pipe = redis::pipe();
     pipe.atomic();
     for user in users(0, 50) {
-        pipe.cmd("COUPON.ISSUE").arg("paused").arg(user).arg(100);
+        pipe.cmd("COUPON.ISSUE").arg("past3").arg(user).arg(100);
     }
     pipe.cmd("CLIENT").arg("PAUSE").arg(10_000).arg("WRITE");
     let replies: Vec<redis::Value> = pipe.query(&mut conn).expect("MULTI");
     assert_eq!(replies.len(), 51);
-    for (seq, user) in (1..).zip(users(0, 50)) {
-        ledger.rows.insert((b"paused".to_vec(), seq), (user, false));
+    for (user, reply) in users(0, 50).into_iter().zip(replies) {
+        let (status, seq, _): (String, Option<i64>, i64) =
+            redis::from_redis_value(reply).expect("an issue reply");
+        assert_eq!(status, "ISSUED");
+        let seq = seq.expect("an ISSUED reply has a seq");
+        ledger.rows.insert((b"past3".to_vec(), seq), (user, false));
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while !reader_waits_on_a_read(&mut conn) {

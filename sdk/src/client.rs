@@ -26,7 +26,10 @@ const RESTORE_CHUNK: usize = 500;
 /// Issues, revokes and checks coupons over any async redis-rs connection: a
 /// [`MultiplexedConnection`](redis::aio::MultiplexedConnection) (thousands of concurrent calls
 /// pipelined over one socket), a [`ConnectionManager`](redis::aio::ConnectionManager)
-/// (reconnects by itself) or a [`ClusterConnection`](redis::cluster_async::ClusterConnection).
+/// (reconnects by itself) or, on Redis Cluster, a [`Cluster`](crate::Cluster): one shared
+/// connection that keeps answering while slots move (a plain redis-rs
+/// [`ClusterConnection`](redis::cluster_async::ClusterConnection) works too, but see
+/// [`Cluster`](crate::Cluster) for what it does during a resharding).
 ///
 /// Cloning is cheap: clones share the connection.
 ///

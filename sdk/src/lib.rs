@@ -21,15 +21,29 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! On Redis Cluster, every task of a service shares one [`Cluster`], which follows `-ASK`
+//! and retries `-TRYAGAIN` itself so that calls keep being answered through a resharding:
+//!
+//! ```no_run
+//! # async fn run() -> coupon_sdk::Result<()> {
+//! use coupon_sdk::{Cluster, Coupons};
+//!
+//! let coupons = Coupons::connect(Cluster::connect(["redis://10.0.0.1:7000/"]).await?).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod backend;
 mod client;
+mod cluster;
 mod error;
 mod keys;
 mod outcome;
 
 pub use backend::Backend;
 pub use client::{Coupons, ACK_CHANNEL_SUFFIX};
+pub use cluster::{Cluster, ClusterRetry, DEFAULT_MAX_IN_FLIGHT};
 pub use error::{Error, Result};
 pub use keys::CouponKeys;
 pub use outcome::{Answer, CouponInfo, Outcome, ReplicaAck, Restore, Window};

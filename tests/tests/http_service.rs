@@ -662,3 +662,68 @@ fn the_spike_benchmark_runs_and_proves_its_counts() {
         assert!(stdout.contains(part), "{part} missing:\n{stdout}");
     }
 }
+
+/// With `--redis-cluster`, every request shares one SDK `Cluster` connection: requests racing
+/// while the coupon's slot migrates (both keys on the target, so each call meets `-ASK`) and
+/// then as the move ends (`-MOVED`) are all answered, and exactly the stock is sold.
+#[test]
+fn on_a_cluster_one_shared_connection_sells_exactly_the_stock_through_a_move() {
+    const STOCK: u64 = 60;
+    const USERS: usize = 120;
+    let cluster = coupon_tests::Cluster::start(Flavor::Redis);
+    let slot = *cluster.slots_of(0)[0].start();
+    let coupon = coupon_tests::key_in_slot("sale", slot);
+    let service = HttpService::start(&[
+        "--redis-cluster",
+        "--redis-url",
+        &cluster.urls().join(","),
+        "--campaign",
+        &format!("{coupon}={STOCK}"),
+    ]);
+    assert_eq!(service.issue(&coupon, "first").status, 201);
+    let events = coupon_layout::CouponKey::new(coupon.as_bytes())
+        .expect("a coupon key")
+        .events_key();
+    cluster.begin_slot_move(slot, 0, 1);
+    cluster.migrate(0, 1, &[coupon.as_bytes(), &events]);
+
+    let answers: Vec<HttpResponse> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..12)
+            .map(|racer| {
+                let (service, coupon) = (&service, &coupon);
+                scope.spawn(move || {
+                    (racer..USERS)
+                        .step_by(12)
+                        .map(|n| service.issue(coupon, &format!("user-{n}")))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        cluster.finish_slot_move(slot, 0, 1);
+        racers
+            .into_iter()
+            .flat_map(|racer| racer.join().expect("a racer"))
+            .collect()
+    });
+    let issued: Vec<u64> = answers
+        .iter()
+        .filter(|answer| answer.status == 201)
+        .map(|answer| answer.json()["seq"].as_u64().expect("a seq"))
+        .collect();
+    let sold_out = answers.iter().filter(|a| a.status == 409).count();
+    assert_eq!(
+        issued.len() + sold_out,
+        USERS,
+        "every request answered 201 or 409: {:?}",
+        answers.iter().find(|a| !matches!(a.status, 201 | 409))
+    );
+    let mut seqs = issued.clone();
+    seqs.sort_unstable();
+    assert!(
+        seqs.iter().copied().eq(2..=STOCK),
+        "seqs 2..={STOCK} once each: {seqs:?}"
+    );
+    assert_eq!(info(&service, &coupon)["issued"], json!(STOCK));
+    assert_eq!(cluster.owner_of(slot), 1);
+}

@@ -1,5 +1,5 @@
 //! Resharding while a sale runs, on a real three-master cluster: the coupon's slot moves to
-//! another node while clients keep clicking through the SDK's cluster client — with
+//! another node while clients keep clicking through one shared [`coupon_sdk::Cluster`] — with
 //! `redis-cli --cluster reshard`, and by hand with the coupon and its event stream arriving in
 //! separate `MIGRATE` batches (stream first, then coupon first).
 //!
@@ -12,7 +12,6 @@ use coupon_layout::{hash_slot, CouponKey};
 use coupon_sdk::{Backend, Coupons, Outcome};
 use coupon_tests::{key_in_slot, on_every_server, Cluster, Flavor};
 use futures::future::join_all;
-use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -32,6 +31,9 @@ const SPLIT: Duration = Duration::from_millis(300);
 const JUNK: usize = 1_500;
 /// A sale that needs more clicks than this has gone wrong; the clients stop.
 const MAX_CLICKS: usize = 200_000;
+/// The SDK's client on its cluster connection.
+type Client = Coupons<coupon_sdk::Cluster>;
+
 /// The module's answer to a write while the coupon's keys are split between two nodes.
 const TRYAGAIN: &str = "TRYAGAIN the coupon's keys are being migrated between nodes; retry";
 
@@ -172,7 +174,7 @@ impl Sale {
 }
 
 /// Clicks until the sale closes: as a new user each time, or as a user who already won.
-async fn click_until_closed(sale: Arc<Sale>, coupons: Coupons<ClusterConnection>, repeater: bool) {
+async fn click_until_closed(sale: Arc<Sale>, coupons: Client, repeater: bool) {
     let mut n = 0;
     while !sale.closed.load(Ordering::SeqCst) {
         n += 1;
@@ -208,7 +210,7 @@ async fn click_until_closed(sale: Arc<Sale>, coupons: Coupons<ClusterConnection>
 /// The clients of one sale, running on their own runtime while the test drives the move.
 struct Crowd {
     runtime: Runtime,
-    coupons: Coupons<ClusterConnection>,
+    coupons: Client,
     clients: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -219,20 +221,14 @@ impl Crowd {
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        let client = cluster_client(cluster);
-        // Each client has its own connection, as separate service instances would: on one
-        // shared connection redis-rs 1.8.1 loses redirected calls (see
-        // `a_shared_cluster_connection_answers_every_click_during_a_move`).
-        let connect = || {
-            let connection = runtime
-                .block_on(client.get_async_connection())
-                .expect("connect to the cluster");
-            Coupons::with_backend(connection, backend)
-        };
-        let coupons = connect();
+        // Every client shares one connection, with the SDK's default retries.
+        let connection = runtime
+            .block_on(coupon_sdk::Cluster::connect(cluster.urls()))
+            .expect("connect to the cluster");
+        let coupons = Coupons::with_backend(connection, backend);
         let clients = (0..NEWCOMERS + REPEATERS)
             .map(|n| {
-                let task = click_until_closed(sale.clone(), connect(), n >= NEWCOMERS);
+                let task = click_until_closed(sale.clone(), coupons.clone(), n >= NEWCOMERS);
                 runtime.spawn(task)
             })
             .collect();
@@ -250,18 +246,6 @@ impl Crowd {
         }
         self.runtime
     }
-}
-
-/// A cluster client that retries `-TRYAGAIN` soon and gives up within seconds. By default
-/// each retry waits at least 1.28 s and up to 2^retry × 10 ms, minutes in all. (redis-rs 1.8
-/// computes 2^retry ms: more than 60 retries overflow.)
-fn cluster_client(cluster: &Cluster) -> redis::cluster::ClusterClient {
-    redis::cluster::ClusterClient::builder(cluster.urls())
-        .retries(40)
-        .min_retry_wait(10)
-        .max_retry_wait(200)
-        .build()
-        .expect("a cluster client")
 }
 
 /// The steps of one move, as numbered by [`Sale::enter_step`].
@@ -469,7 +453,7 @@ fn assert_the_sale_is_whole(
     cluster: &Cluster,
     sale: &Sale,
     runtime: &Runtime,
-    coupons: &Coupons<ClusterConnection>,
+    coupons: &Client,
     owner: usize,
     keys_in_slot: i64,
 ) {
@@ -691,21 +675,23 @@ on_every_server!(
 
 /// Many tasks share one cluster connection, as the SDK's docs suggest, while the coupon's
 /// slot is MIGRATING with both keys already on the target, so every call is sent there with
-/// -ASK. Every click must still be answered.
+/// -ASK; midway the move ends, and the calls meet -MOVED while the client refreshes its slot
+/// map. Every click must be answered, and issued.
 ///
-/// Fails with redis-rs 1.8.1, on Redis and Valkey, whatever the command (HGET alike): 199 of
-/// 200 calls are never answered, not even once the move has finished; with no move, or with
-/// up to 8 concurrent calls, all are answered. (With 8 calls the race shows otherwise: redis-rs
-/// sends ASKING as a request of its own on the shared connection, another call can take the
-/// one-shot flag, and a call bouncing -ASK/-MOVED can run out of retries.)
+/// On redis-rs 1.8.1's own `ClusterConnection` 199 of 200 calls here were never answered:
+/// it sends ASKING as a request of its own on the connection the tasks share, so another
+/// call can take the one-shot flag and the redirected one bounces. `coupon_sdk::Cluster`
+/// sends ASKING and the command as one pipeline.
 fn a_shared_cluster_connection_answers_every_click_during_a_move(flavor: Flavor) {
     const TASKS: usize = 200;
+    const CLICKS: usize = 5;
     let cluster = Cluster::start(flavor);
     let coupon = key_in_slot("sale", *cluster.slots_of(0)[0].start());
     let events = CouponKey::new(coupon.as_bytes()).unwrap().events_key();
     let first = Probe::new(&cluster, 0, false).send(&["COUPON.ISSUE", &coupon, "alice", "1000"]);
     assert_eq!(first, "ISSUED 1 1");
-    cluster.begin_slot_move(hash_slot(coupon.as_bytes()), 0, 1);
+    let slot = hash_slot(coupon.as_bytes());
+    cluster.begin_slot_move(slot, 0, 1);
     cluster.migrate(0, 1, &[coupon.as_bytes(), &events]);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -713,35 +699,86 @@ fn a_shared_cluster_connection_answers_every_click_during_a_move(flavor: Flavor)
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let answered = runtime.block_on(async {
-        let connection = cluster_client(&cluster).get_async_connection().await;
-        let coupons = Coupons::connect(connection.expect("connect"))
-            .await
-            .unwrap();
-        let clicks = (0..TASKS).map(|n| {
-            let (coupons, coupon) = (coupons.clone(), coupon.clone());
-            tokio::spawn(async move { coupons.issue(&coupon, format!("user-{n}"), 1000).await })
+    let answered = Arc::new(AtomicU64::new(0));
+    let urls = cluster.urls();
+    let outcomes = std::thread::scope(|scope| {
+        let clients = scope.spawn(|| {
+            runtime.block_on(async {
+                let connection = coupon_sdk::Cluster::connect(urls).await;
+                let coupons = Coupons::connect(connection.expect("connect"))
+                    .await
+                    .unwrap();
+                let clicks = (0..TASKS).map(|n| {
+                    let (coupons, coupon) = (coupons.clone(), coupon.clone());
+                    let answered = answered.clone();
+                    tokio::spawn(async move {
+                        let mut outcomes = Vec::with_capacity(CLICKS);
+                        for k in 0..CLICKS {
+                            let user = format!("user-{n}-{k}");
+                            outcomes.push(coupons.issue(&coupon, user, 10_000).await);
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        outcomes
+                    })
+                });
+                tokio::time::timeout(Duration::from_secs(30), join_all(clicks)).await
+            })
         });
-        tokio::time::timeout(Duration::from_secs(20), join_all(clicks)).await
+        // The move ends while the clicks go on.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answered.load(Ordering::SeqCst) < TASKS as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        cluster.finish_slot_move(slot, 0, 1);
+        let moved_at = answered.load(Ordering::SeqCst);
+        let outcomes = clients.join().expect("the clients' thread");
+        assert!(
+            moved_at < (TASKS * CLICKS) as u64,
+            "every click was answered before the move ended"
+        );
+        outcomes
     });
-    let outcomes = answered.unwrap_or_else(|_| panic!("not all {TASKS} clicks answered in 20 s"));
-    let errors: Vec<String> = outcomes
+    let total = TASKS * CLICKS;
+    let outcomes = outcomes.unwrap_or_else(|_| panic!("not all {total} clicks answered in 30 s"));
+    let outcomes: Vec<_> = outcomes
         .into_iter()
-        .filter_map(|outcome| outcome.expect("a task").err())
+        .flat_map(|task| task.expect("a task"))
+        .collect();
+    let errors: Vec<String> = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.as_ref().err())
         .map(|e| e.to_string())
         .collect();
     assert!(
         errors.is_empty(),
-        "{} of {TASKS} clicks failed, e.g. {:?}",
+        "{} of {total} clicks failed, e.g. {:?}",
         errors.len(),
         errors.first()
+    );
+    let mut seqs: Vec<u64> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(Outcome::Issued { seq }) => *seq,
+            other => panic!("a newcomer was answered {other:?}"),
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert!(
+        seqs.iter().copied().eq(2..=total as u64 + 1),
+        "seqs 2..={} once each (alice has 1)",
+        total + 1
+    );
+    let holders = Probe::new(&cluster, 1, false).send(&["HLEN", &coupon]);
+    assert_eq!(
+        holders,
+        (total + 2).to_string(),
+        "every winner on the new owner"
     );
     runtime.shutdown_background();
 }
 
 mod shared_connection {
     #[test]
-    #[ignore = "fails with redis-rs 1.8.1: calls on a shared cluster connection hang after -ASK"]
     fn on_redis() {
         super::a_shared_cluster_connection_answers_every_click_during_a_move(
             coupon_tests::Flavor::Redis,
@@ -749,7 +786,6 @@ mod shared_connection {
     }
 
     #[test]
-    #[ignore = "fails with redis-rs 1.8.1: calls on a shared cluster connection hang after -ASK"]
     fn on_valkey() {
         super::a_shared_cluster_connection_answers_every_click_during_a_move(
             coupon_tests::Flavor::Valkey,

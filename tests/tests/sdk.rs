@@ -413,36 +413,24 @@ on_every_server!(
     the_connection_manager_reconnects_after_a_restart,
 );
 
-/// The cluster client routes each coupon to the node owning its slot; both backends work there.
+/// The cluster client routes each coupon to the node owning its slot; both backends work there,
+/// on the SDK's `Cluster` and on a plain redis-rs `ClusterConnection`.
 fn the_cluster_client_issues_across_slots(flavor: Flavor) {
     let cluster = coupon_tests::Cluster::start(flavor);
     runtime().block_on(async {
+        let shared = coupon_sdk::Cluster::connect(cluster.urls()).await.unwrap();
+        issues_across_slots(shared.clone(), "sale").await;
         let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
-        let connection = client.get_async_connection().await.unwrap();
-        let module = Coupons::connect(connection.clone()).await.unwrap();
-        assert_eq!(module.backend(), Backend::Module);
-        let script = Coupons::with_backend(connection, Backend::Script);
-        // Twenty coupons land on all three nodes.
-        for n in 0..20 {
-            let coupon = format!("sale-{n}");
-            let client = if n % 2 == 0 { &module } else { &script };
-            assert_eq!(
-                client.issue(&coupon, "alice", 1).await.unwrap(),
-                Outcome::Issued { seq: 1 }
-            );
-            assert_eq!(
-                client.issue(&coupon, "bob", 1).await.unwrap(),
-                Outcome::SoldOut
-            );
-            assert_eq!(module.check(&coupon, "alice").await.unwrap(), Some(1));
-            assert!(script.revoke(&coupon, "alice").await.unwrap());
-            assert_eq!(module.info(&coupon).await.unwrap().events, 2);
-            assert_eq!(
-                client.restore(&coupon, 5, &[("carol", 4)]).await.unwrap(),
-                [coupon_sdk::Restore::Restored]
-            );
-            assert_eq!(module.info(&coupon).await.unwrap().last_seq, 5);
-        }
+        let plain = client.get_async_connection().await.unwrap();
+        issues_across_slots(plain, "plain").await;
+        // Bad settings are refused.
+        assert!(matches!(
+            shared.with_max_in_flight(0),
+            Err(coupon_sdk::Error::InvalidInput(_))
+        ));
+        let inverted =
+            coupon_sdk::ClusterRetry::new(3, Duration::from_millis(20), Duration::from_millis(10));
+        assert!(matches!(inverted, Err(coupon_sdk::Error::InvalidInput(_))));
     });
     let holders_per_node: Vec<i64> = cluster
         .nodes
@@ -453,6 +441,36 @@ fn the_cluster_client_issues_across_slots(flavor: Flavor) {
         holders_per_node.iter().all(|keys| *keys > 0),
         "every node holds coupons: {holders_per_node:?}"
     );
+}
+
+/// Twenty coupons, which land on all three nodes, through both backends.
+async fn issues_across_slots<C>(connection: C, prefix: &str)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync,
+{
+    let module = Coupons::connect(connection.clone()).await.unwrap();
+    assert_eq!(module.backend(), Backend::Module);
+    let script = Coupons::with_backend(connection, Backend::Script);
+    for n in 0..20 {
+        let coupon = format!("{prefix}-{n}");
+        let client = if n % 2 == 0 { &module } else { &script };
+        assert_eq!(
+            client.issue(&coupon, "alice", 1).await.unwrap(),
+            Outcome::Issued { seq: 1 }
+        );
+        assert_eq!(
+            client.issue(&coupon, "bob", 1).await.unwrap(),
+            Outcome::SoldOut
+        );
+        assert_eq!(module.check(&coupon, "alice").await.unwrap(), Some(1));
+        assert!(script.revoke(&coupon, "alice").await.unwrap());
+        assert_eq!(module.info(&coupon).await.unwrap().events, 2);
+        assert_eq!(
+            client.restore(&coupon, 5, &[("carol", 4)]).await.unwrap(),
+            [coupon_sdk::Restore::Restored]
+        );
+        assert_eq!(module.info(&coupon).await.unwrap().last_seq, 5);
+    }
 }
 
 mod cluster {

@@ -27,8 +27,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         routes::ceiling(metrics, limits)
     } else {
         let campaigns = Campaigns::load(cli.campaigns.clone(), cli.campaigns_file.as_deref())?;
-        let redis =
-            RedisPool::connect(&cli.redis_url, cli.redis_connections, limits.redis_timeout).await?;
+        let redis = if cli.redis_cluster {
+            RedisPool::connect_cluster(&cli.redis_url, limits.redis_timeout).await?
+        } else {
+            RedisPool::connect(&cli.redis_url, cli.redis_connections, limits.redis_timeout).await?
+        };
         for campaign in campaigns.iter() {
             tracing::info!(coupon = %campaign.coupon, stock = campaign.stock, window = ?campaign.window, "selling");
         }

@@ -186,12 +186,12 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                         Backend::Module,
                     ));
                 }
-                Ok::<_, redis::RedisError>(race(args, clients, &coupons).await)
+                Ok::<_, Box<dyn std::error::Error>>(race(args, clients, &coupons).await)
             }
             Target::Cluster(cluster) => {
-                let client = redis::cluster::ClusterClient::new(cluster.urls())?;
-                let conn = client.get_async_connection().await?;
-                let clients = vec![Coupons::with_backend(conn, Backend::Module)];
+                // Every task shares one cluster connection, as a service would.
+                let shared = coupon_sdk::Cluster::connect(cluster.urls()).await?;
+                let clients = vec![Coupons::with_backend(shared, Backend::Module)];
                 Ok(race(args, clients, &coupons).await)
             }
         }

@@ -47,6 +47,12 @@ pub struct Cli {
     #[arg(long, env = "COUPON_HTTP_REDIS_CONNECTIONS", default_value_t = 2)]
     pub redis_connections: usize,
 
+    /// `--redis-url` names nodes of a Redis Cluster (one or more, separated by commas): every
+    /// request then shares one SDK `Cluster` connection, which answers through reshardings,
+    /// and `--redis-connections` does not apply.
+    #[arg(long, env = "COUPON_HTTP_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
     /// How long one Redis call may take before the request gives up on it. It counts from
     /// the call to the answer being read, so on a saturated service it includes waiting for a
     /// worker thread: a spike of thousands of connections on two cores needs far more than

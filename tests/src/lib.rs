@@ -16,7 +16,8 @@ pub use coupon_testkit::{
 pub use workload::mixed_workload;
 
 /// Runs each named test once per server flavor: `fn name(flavor: Flavor)` becomes the tests
-/// `on_redis::name` and `on_valkey::name`, so one suite covers Redis 7 and Valkey 8.
+/// `on_redis::name`, `on_valkey::name` and `on_redis8::name`, so one suite covers Redis 7,
+/// Valkey 8 and Redis 8.
 #[macro_export]
 macro_rules! on_every_server {
     ($($name:ident),* $(,)?) => {
@@ -30,6 +31,12 @@ macro_rules! on_every_server {
             $(#[test]
             fn $name() {
                 super::$name($crate::Flavor::Valkey)
+            })*
+        }
+        mod on_redis8 {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::Flavor::Redis8)
             })*
         }
     };

@@ -453,8 +453,8 @@ fn the_commands_declare_their_key(flavor: Flavor) {
         !text.contains("denyoom"),
         "coupon.issue is deny-oom: {text}"
     );
-    if flavor == Flavor::Valkey {
-        // Servers from 7.2 on take ACL categories for module commands.
+    if flavor != Flavor::Redis {
+        // Servers from 7.2 on (Valkey 8, Redis 8) take ACL categories for module commands.
         let writers: Vec<String> = redis::cmd("ACL")
             .arg("CAT")
             .arg("write")

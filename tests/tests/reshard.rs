@@ -791,4 +791,11 @@ mod shared_connection {
             coupon_tests::Flavor::Valkey,
         );
     }
+
+    #[test]
+    fn on_redis8() {
+        super::a_shared_cluster_connection_answers_every_click_during_a_move(
+            coupon_tests::Flavor::Redis8,
+        );
+    }
 }

@@ -66,6 +66,9 @@ fn the_benchmark_runs_every_part() {
         "flash sale through the SDK",
         "memory per holder:",
         "persister into MariaDB",
+        "one live coupon among dormant ones",
+        "to one coupon among 200 coupons",
+        "XREADGROUP",
         "module/seeds-style Lua",
         "module/SISMEMBER",
     ] {

@@ -111,6 +111,7 @@ fn main() {
     if args.smoke {
         (args.requests, args.attempts, args.events, args.holders) = (2_000, 5_000, 3_000, 500);
         (args.lag_rate, args.lag_seconds, args.lag_coupons) = (2_000, 5, vec![100]);
+        (args.lag_hot_rate, args.lag_hot_coupons) = (500, vec![200]);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,11 +4,12 @@
 //! The [`pipeline`]'s stages, one module each: read → batch → commit → ack; beside it,
 //! [`maintain`]ance finds streams, samples them, claims and trims; [`policy`] holds the
 //! retry and shutdown rules every stage follows; [`daemon`] starts it all. Exactly once
-//! comes from three rules: the database write of a batch and its checkpoint are one
-//! transaction and replaying it changes nothing (rows are keyed by (coupon, seq)); `XACK`
-//! only after COMMIT; trimming only below what every group has acknowledged and below the
-//! checkpoint.
+//! comes from four rules: a batch's rows are one transaction and replaying it changes
+//! nothing (rows are keyed by (coupon, seq)); `XACK` only after COMMIT; [`checkpoint`]s only
+//! after COMMIT, apart, and only raised; trimming only below what every group has
+//! acknowledged and below the checkpoint.
 
+pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod db;

@@ -80,7 +80,7 @@ pub struct Settings {
     pub consumer: Option<String>,
 
     /// Most events per database transaction. Under a backlog, bigger batches spread the
-    /// fixed cost of a transaction (lookup, checkpoint, COMMIT) over more rows; a batch that
+    /// fixed cost of a transaction (lookup, COMMIT) over more rows; a batch that
     /// does not fill up commits after the linger time anyway.
     #[arg(long, env = "COUPON_PERSISTER_BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
     pub batch_size: u32,
@@ -237,7 +237,7 @@ pub const MAX_GROUP_CHARS: usize = 255;
 
 impl Settings {
     /// Checks what the flags' parsers cannot: refused at start rather than by the database
-    /// later (a group too long for the checkpoint would fail every batch).
+    /// later (a group too long for the checkpoint would fail every checkpoint write).
     pub fn validate(&self) -> anyhow::Result<()> {
         let chars = self.group.chars().count();
         if chars == 0 || chars > MAX_GROUP_CHARS {

@@ -5,12 +5,13 @@
 //! [`maintain`]ance finds streams, samples them, claims and trims; the [`changes`] feed says
 //! which streams to read (from the module's change index); [`policy`] holds the
 //! retry and shutdown rules every stage follows; [`daemon`] starts it all. Exactly once
-//! comes from three rules: the database write of a batch and its checkpoint are one
-//! transaction and replaying it changes nothing (rows are keyed by (coupon, seq)); `XACK`
-//! only after COMMIT; trimming only below what every group has acknowledged and below the
-//! checkpoint.
+//! comes from four rules: a batch's rows are one transaction and replaying it changes
+//! nothing (rows are keyed by (coupon, seq)); `XACK` only after COMMIT; [`checkpoint`]s only
+//! after COMMIT, apart, and only raised; trimming only below what every group has
+//! acknowledged and below the checkpoint.
 
 pub mod changes;
+pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod db;

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub errors: IntCounterVec,
     pub acked: IntCounter,
+    pub checkpoint_writes: IntCounter,
     pub trimmed: IntCounter,
     pub batch_size: Histogram,
     pub commit_seconds: Histogram,
@@ -137,6 +138,11 @@ impl Metrics {
                 "kind",
             )?,
             acked: counter(r, "coupon_persister_acked_total", "Entries acknowledged")?,
+            checkpoint_writes: counter(
+                r,
+                "coupon_persister_checkpoint_writes_total",
+                "Checkpoint transactions committed (at most one a second per pipeline)",
+            )?,
             trimmed: counter(
                 r,
                 "coupon_persister_trimmed_total",

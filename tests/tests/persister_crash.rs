@@ -6,9 +6,62 @@ use coupon_tests::{
     assert_persisted, event_streams, events_key, pending, query_rows, Flavor, Ledger, Load,
     MariaDb, Persister, Server, TestDb,
 };
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(40);
+
+/// An entry ID as (ms, seq).
+type Id = (u64, u64);
+
+fn parse_id(text: &str) -> Id {
+    let (ms, seq) = text.split_once('-').expect("an entry ID");
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
+/// The group `persister`'s checkpoint of `stream` in the database.
+fn checkpoint(database_url: &str, stream: &[u8]) -> Option<Id> {
+    let rows = query_rows(
+        database_url,
+        &format!(
+            "SELECT last_ms, last_seq FROM coupon_checkpoint \
+             WHERE consumer_group = 'persister' AND stream = '{}'",
+            String::from_utf8_lossy(stream)
+        ),
+    )
+    .ok()?;
+    let row = rows.first()?;
+    let ms: i64 = sqlx::Row::get(row, 0);
+    let seq: i64 = sqlx::Row::get(row, 1);
+    Some((ms as u64, seq as u64))
+}
+
+/// The ID of the last entry ever added to `stream` (trimmed or not).
+fn last_entry(server: &Server, stream: &[u8]) -> Id {
+    let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query(&mut server.connect())
+        .expect("XINFO STREAM");
+    let last: String =
+        redis::from_redis_value(info["last-generated-id"].clone()).expect("last-generated-id");
+    parse_id(&last)
+}
+
+/// Waits until `stream`'s checkpoint is `want`; returns how long that took.
+fn wait_checkpoint(database_url: &str, stream: &[u8], want: Id, persister: &Persister) -> Duration {
+    let started = Instant::now();
+    while checkpoint(database_url, stream) != Some(want) {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the checkpoint is {:?}, not {want:?}\n{}",
+            checkpoint(database_url, stream),
+            persister.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
 
 fn coupons(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
@@ -132,9 +185,12 @@ fn kill_9_between_commit_and_ack_on_sqlite() {
 }
 
 /// A real kill -9 between COMMIT and XACK, timed without hooks in the persister: the test
-/// holds the checkpoint row locked so the batch's transaction waits, pauses Redis writes
-/// (XACK is one) meanwhile, lets the COMMIT through, sees the rows committed, and kills the
-/// persister while its XACK hangs. The next run finds them pending, writes nothing, acks.
+/// holds the coupon's rows locked (and, in REPEATABLE READ, the gap after them where the new
+/// seqs go) so the batch's insert waits, pauses Redis writes (XACK is one) meanwhile, lets
+/// the COMMIT through, sees the rows committed, and kills the persister while its XACK
+/// hangs. The checkpoint is left behind the committed rows (it is raised only once a batch
+/// is settled); the next run finds the entries pending, writes nothing, acks, and the
+/// checkpoint catches up.
 #[test]
 fn kill_9_while_xack_hangs_after_commit() {
     let server = Server::start(Flavor::Redis);
@@ -145,9 +201,13 @@ fn kill_9_while_xack_hangs_after_commit() {
     ledger.issue(&mut conn, b"window", &users[..10], 1000);
     let mut persister = Persister::start(&server.url(), &db.url(), &[]);
     assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    let stream = events_key(b"window");
+    let first = last_entry(&server, &stream);
+    wait_checkpoint(&db.url(), &stream, first, &persister);
 
     let mut lock = db.spawn_sql(
-        "BEGIN; SELECT * FROM coupon.coupon_checkpoint FOR UPDATE; SELECT SLEEP(3); COMMIT;",
+        "BEGIN; SELECT * FROM coupon.coupon_issuance WHERE coupon = 'window' FOR UPDATE; \
+         SELECT SLEEP(3); COMMIT;",
     );
     std::thread::sleep(Duration::from_millis(500));
     ledger.issue(&mut conn, b"window", &users[10..], 1000);
@@ -172,6 +232,11 @@ fn kill_9_while_xack_hangs_after_commit() {
         190,
         "committed but not acknowledged"
     );
+    assert_eq!(
+        checkpoint(&db.url(), &stream),
+        Some(first),
+        "the checkpoint stays behind the rows"
+    );
 
     persister.restart();
     wait_no_pending(&server, &persister);
@@ -181,11 +246,13 @@ fn kill_9_while_xack_hangs_after_commit() {
         190.0
     );
     assert_eq!(persister.metric("coupon_persister_rows_written_total"), 0.0);
+    let last = last_entry(&server, &stream);
+    wait_checkpoint(&db.url(), &stream, last, &persister);
 }
 
-/// A real kill -9 inside a batch's transaction (rows inserted, checkpoint waiting on a
-/// lock the test holds, no COMMIT yet): nothing of the batch is visible, its entries stay
-/// pending, and the next run persists them once.
+/// A real kill -9 inside a batch's transaction (its insert waiting on a lock the test holds
+/// on the coupon's rows, no COMMIT yet): nothing of the batch is visible, its entries stay
+/// pending, the checkpoint stays where it was, and the next run persists them once.
 #[test]
 fn kill_9_inside_the_transaction() {
     let server = Server::start(Flavor::Redis);
@@ -197,9 +264,13 @@ fn kill_9_inside_the_transaction() {
     let mut persister = Persister::start(&server.url(), &db.url(), &[]);
     assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
     let before = ledger.clone();
+    let stream = events_key(b"midway");
+    let first = last_entry(&server, &stream);
+    wait_checkpoint(&db.url(), &stream, first, &persister);
 
     let mut lock = db.spawn_sql(
-        "BEGIN; SELECT * FROM coupon.coupon_checkpoint FOR UPDATE; SELECT SLEEP(2); COMMIT;",
+        "BEGIN; SELECT * FROM coupon.coupon_issuance WHERE coupon = 'midway' FOR UPDATE; \
+         SELECT SLEEP(2); COMMIT;",
     );
     std::thread::sleep(Duration::from_millis(500));
     ledger.issue(&mut conn, b"midway", &users[10..], 1000);
@@ -208,6 +279,7 @@ fn kill_9_inside_the_transaction() {
     assert_eq!(pending(&server, "persister"), 190, "read, not acknowledged");
     let _ = lock.wait();
     assert_persisted(None, &db.url(), &before, LIMIT, || persister.log());
+    assert_eq!(checkpoint(&db.url(), &stream), Some(first));
 
     persister.restart();
     wait_no_pending(&server, &persister);
@@ -220,6 +292,165 @@ fn kill_9_inside_the_transaction() {
         persister.metric("coupon_persister_duplicates_skipped_total"),
         0.0
     );
+}
+
+/// A batch's transaction holds rows only: with every checkpoint row locked by another
+/// connection, a burst on one hot coupon (twenty batches, two in flight, all on one stream)
+/// lands and is acknowledged while the lock is still held; the checkpoint catches up once it
+/// is released. (When batches advanced the checkpoint in their own transaction, each waited
+/// for the lock, and for each other on that stream's checkpoint row.)
+#[test]
+fn rows_land_while_the_checkpoints_are_locked() {
+    let server = Server::start(Flavor::Redis);
+    let db = MariaDb::start();
+    let mut conn = server.connect();
+    let mut ledger = Ledger::default();
+    let users: Vec<Vec<u8>> = (0..2010).map(|i| format!("p{i}").into_bytes()).collect();
+    ledger.issue(&mut conn, b"hot", &users[..10], 100_000);
+    let persister = Persister::start(&server.url(), &db.url(), &[("batch-size", "100")]);
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    let stream = events_key(b"hot");
+    let first = last_entry(&server, &stream);
+    wait_checkpoint(&db.url(), &stream, first, &persister);
+    let batches_before = persister.metric("coupon_persister_batch_size_count");
+
+    let mut lock = db.spawn_sql(
+        "BEGIN; SELECT * FROM coupon.coupon_checkpoint FOR UPDATE; SELECT SLEEP(10); COMMIT;",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let locked = Instant::now();
+    for part in users[10..].chunks(200) {
+        ledger.issue(&mut conn, b"hot", part, 100_000);
+    }
+    assert_persisted(
+        Some(&server),
+        &db.url(),
+        &ledger,
+        Duration::from_secs(6),
+        || persister.log(),
+    );
+    wait_no_pending(&server, &persister);
+    let landed = locked.elapsed();
+    assert!(
+        lock.try_wait().expect("the lock's client").is_none() && landed < Duration::from_secs(9),
+        "the rows landed only after the checkpoint lock was released ({landed:?})"
+    );
+    let batches = persister.metric("coupon_persister_batch_size_count") - batches_before;
+    assert!(batches >= 10.0, "{batches} batches");
+    assert_eq!(
+        checkpoint(&db.url(), &stream),
+        Some(first),
+        "locked: not written"
+    );
+    let _ = lock.wait();
+    let last = last_entry(&server, &stream);
+    let took = wait_checkpoint(&db.url(), &stream, last, &persister);
+    assert!(took < Duration::from_secs(3), "caught up after {took:?}");
+}
+
+/// The entry IDs of `coupon`'s rows (issues and revokes) in the database.
+fn row_entries(database_url: &str, coupon: &str) -> std::collections::HashSet<Id> {
+    query_rows(
+        database_url,
+        &format!(
+            "SELECT issue_entry_id, revoke_entry_id FROM coupon_issuance WHERE coupon = '{coupon}'"
+        ),
+    )
+    .unwrap_or_default()
+    .iter()
+    .flat_map(|row| {
+        let issue: Option<String> = sqlx::Row::get(row, 0);
+        let revoke: Option<String> = sqlx::Row::get(row, 1);
+        [issue, revoke]
+    })
+    .flatten()
+    .map(|id| parse_id(&id))
+    .collect()
+}
+
+/// A sale with trimming every 100 ms, the persister killed -9 mid-way and restarted: every
+/// checkpoint sampled names an entry whose row is committed (read just after it), no
+/// checkpoint ever moves back, every event lands exactly once, streams were trimmed, and
+/// after the burst every checkpoint reaches its stream's last entry within about a second.
+fn checkpoints_follow_the_rows(db: TestDb) {
+    let server = Server::start(Flavor::Redis);
+    let names = coupons("cp", 3);
+    let load = Load::start(&server, names.clone(), "cp");
+    let mut persister = Persister::start(
+        &server.url(),
+        &db.url(),
+        &[("trim-interval-ms", "100"), ("batch-size", "100")],
+    );
+    let streams: Vec<(&String, Vec<u8>)> = names
+        .iter()
+        .map(|coupon| (coupon, events_key(coupon.as_bytes())))
+        .collect();
+    let mut highest: HashMap<&String, Id> = HashMap::new();
+    let mut samples = 0;
+    let started = Instant::now();
+    let mut killed = false;
+    while started.elapsed() < Duration::from_secs(4) {
+        if !killed && started.elapsed() > Duration::from_millis(1500) {
+            persister.kill();
+            std::thread::sleep(Duration::from_millis(200));
+            persister.restart();
+            killed = true;
+        }
+        for (coupon, stream) in &streams {
+            let Some(at) = checkpoint(&db.url(), stream) else {
+                continue;
+            };
+            assert!(
+                row_entries(&db.url(), coupon).contains(&at),
+                "{coupon}: the checkpoint {at:?} is ahead of the committed rows"
+            );
+            if let Some(before) = highest.insert(coupon, at) {
+                assert!(
+                    before <= at,
+                    "{coupon}: moved back from {before:?} to {at:?}"
+                );
+            }
+            samples += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ledger = load.stop();
+    assert_persisted(Some(&server), &db.url(), &ledger, LIMIT, || persister.log());
+    let mut slowest = Duration::ZERO;
+    for (_, stream) in &streams {
+        let last = last_entry(&server, stream);
+        slowest = slowest.max(wait_checkpoint(&db.url(), stream, last, &persister));
+    }
+    eprintln!("checkpoints caught up {slowest:?} after the rows; {samples} samples");
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "caught up after {slowest:?}"
+    );
+    assert!(samples > 20, "{samples} samples");
+    wait_no_pending(&server, &persister);
+    let mut conn = server.connect();
+    let trimmed = streams.iter().any(|(_, stream)| {
+        let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(stream)
+            .query(&mut conn)
+            .expect("XINFO STREAM");
+        let length: u64 = redis::from_redis_value(info["length"].clone()).expect("length");
+        let added: u64 =
+            redis::from_redis_value(info["entries-added"].clone()).expect("entries-added");
+        length < added
+    });
+    assert!(trimmed, "nothing was trimmed\n{}", persister.log());
+}
+
+#[test]
+fn checkpoints_follow_the_rows_on_mariadb() {
+    checkpoints_follow_the_rows(TestDb::mariadb());
+}
+
+#[test]
+fn checkpoints_follow_the_rows_on_sqlite() {
+    checkpoints_follow_the_rows(TestDb::sqlite());
 }
 
 /// SIGTERM while events pour in: the process exits 0 within a bounded time, and everything
@@ -438,10 +669,11 @@ fn two_persisters_one_killed() {
     }
     std::thread::sleep(Duration::from_millis(300));
 
-    // Its next batches cannot commit (the checkpoint rows are locked): killed with them
-    // read and pending.
+    // Its next batches of ghost cannot commit (ghost's rows are locked, and the gap after
+    // them): killed with them read and pending.
     let mut lock = db.spawn_sql(
-        "BEGIN; SELECT * FROM coupon.coupon_checkpoint FOR UPDATE; SELECT SLEEP(3); COMMIT;",
+        "BEGIN; SELECT * FROM coupon.coupon_issuance WHERE coupon = 'ghost' FOR UPDATE; \
+         SELECT SLEEP(3); COMMIT;",
     );
     std::thread::sleep(Duration::from_millis(500));
     let more: Vec<Vec<u8>> = (0..50).map(|i| format!("h{i}").into_bytes()).collect();

@@ -1,8 +1,9 @@
-//! The pipeline of one server: its connections, the reader, committer and settler, and the
-//! maintenance beside them.
+//! The pipeline of one server: its connections, the reader, committer, settler and
+//! checkpoint writer, and the maintenance beside them.
 
 use super::{redis_config_error, redis_connection, until_ready};
 use crate::changes::ChangeFeed;
+use crate::checkpoint::{self, Raised};
 use crate::config::Settings;
 use crate::db::{redact, Backend, Db};
 use crate::maintain::{MaintainConfig, Maintenance};
@@ -137,17 +138,31 @@ pub(super) async fn run(
         },
         cluster,
     };
+    let raised = Arc::new(Raised::default());
+    let checkpoints = checkpoint::Writer::new(
+        db.clone(),
+        settings.group.clone(),
+        settings.db_limits(),
+        raised.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let checkpoints = tokio::spawn(checkpoints.run());
     let (settle_tx, settle_rx) = mpsc::channel(4);
     let settler = Settler::new(
         config.clone(),
         write_conn,
         metrics.clone(),
         shutdown.clone(),
+        raised.clone(),
     );
     let settler = tokio::spawn(settler.run(settle_rx));
     let committer = Committer::new(config, db, metrics, shutdown);
     Pipeline::new(reads, committer, settle_tx).run().await;
     let _ = settler.await;
+    // The last batch is settled: the writer writes what is left, then stops.
+    raised.close();
+    let _ = checkpoints.await;
     let _ = maintenance.await;
     if cluster {
         tracing::info!(%node, "the node's pipeline stopped");

@@ -88,3 +88,13 @@ impl Db {
         AnyConnection::connect(&self.url).await
     }
 }
+
+/// A migrated SQLite database in a temp dir, kept as long as the returned guard.
+#[cfg(test)]
+pub(crate) async fn scratch_sqlite() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let db = Db::open(&url).expect("open");
+    migrate::migrate(&db).await.expect("migrate");
+    (dir, db)
+}

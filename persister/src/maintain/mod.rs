@@ -16,11 +16,11 @@ pub mod touched;
 pub mod trim;
 
 use crate::changes::Sweep;
+use crate::checkpoint::read_checkpoints;
 use crate::db::{error_label, Db};
 use crate::event::{EntryId, StreamKey};
 use crate::logging::Repeats;
 use crate::metrics::{now_ms, Metrics};
-use crate::pipeline::commit::read_checkpoints;
 use crate::pipeline::read::{Fault, Lost, Report};
 use crate::pipeline::Control;
 use crate::policy::Shutdown;

@@ -1,10 +1,13 @@
 //! Stage 4 driven: acknowledges what was committed (`XACK`, never before the COMMIT
-//! returned) and deals with the entries that could not be written — left pending to be
-//! tried again, dead-lettered at their last delivery. Runs on a connection of its own, so
-//! acknowledging one batch overlaps committing the next.
+//! returned), raises the checkpoints of what was committed (written apart, at most once a
+//! second: see [`crate::checkpoint`]) and deals with the entries that could not be written —
+//! left pending to be tried again, dead-lettered at their last delivery. Runs on a
+//! connection of its own, so acknowledging one batch overlaps committing the next. Batches
+//! come in the order they were read, each once it has finished.
 
 use super::ack;
 use super::write::{Failure, WriteConfig, Written};
+use crate::checkpoint::Raised;
 use crate::event::{EntryId, RawEntry, StreamKey};
 use crate::logging::Repeats;
 use crate::metrics::Metrics;
@@ -23,6 +26,8 @@ pub struct Settler<C> {
     conn: C,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+    /// The checkpoints of what was committed, for the checkpoint writer.
+    checkpoints: Arc<Raised>,
     ack_failures: Repeats,
     /// Streams whose `XACK` was refused, already logged.
     refused_streams: HashSet<StreamKey>,
@@ -34,12 +39,14 @@ impl<C: ConnectionLike + Send> Settler<C> {
         conn: C,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
+        checkpoints: Arc<Raised>,
     ) -> Settler<C> {
         Settler {
             config,
             conn,
             metrics,
             shutdown,
+            checkpoints,
             ack_failures: Repeats::default(),
             refused_streams: HashSet::new(),
         }
@@ -54,6 +61,8 @@ impl<C: ConnectionLike + Send> Settler<C> {
 
     pub async fn settle(&mut self, written: Written) {
         self.acknowledge(&written.committed).await;
+        // Committed, acknowledged or not: their rows are durable.
+        self.checkpoints.raise(&written.committed);
         self.failed_entries(written.failed).await;
     }
 

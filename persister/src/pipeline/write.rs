@@ -2,11 +2,12 @@
 //! own transaction — retrying while the database is unavailable, and sorting each batch's
 //! entries into written ones (to acknowledge) and failed ones (see [`super::settle`]).
 //!
-//! Two transactions in flight keep the database busy while the other one commits. They are
-//! safe together: an insert meeting a row of the other waits for it and then finds it (and
-//! the batch is looked up again); a revoke that finds no issue is tried once more after the
-//! batch before it has finished (its issue may have been there, uncommitted); checkpoints
-//! only move up.
+//! Two transactions in flight keep the database busy while the other one commits. They hold
+//! rows only (checkpoints are written after COMMIT, apart: see [`crate::checkpoint`]), so
+//! they meet only on a row both write: an insert meeting a row of the other waits for it and
+//! then finds it (and the batch is looked up again); a revoke that finds no issue is tried
+//! once more after the batch before it has finished (its issue may have been there,
+//! uncommitted).
 
 use super::ack::Letter;
 use super::commit::plan::{Refusal, Refused};
@@ -291,7 +292,7 @@ impl Committer {
         let attempt = || {
             let started = Instant::now();
             let abort = shutdown.deadline_passed();
-            let write = commit_batch(db, &config.group, events, now_ms(), config.limits, abort);
+            let write = commit_batch(db, events, config.limits, abort);
             async move { write.await.map(|stats| (stats, started.elapsed())) }
         };
         let judge = |error: &sqlx::Error, failure: crate::policy::Failure| {

@@ -1,23 +1,22 @@
-//! Stage 3, commit: one database transaction per batch holding the idempotent inserts, the
-//! updates of missing halves and the checkpoint. Replaying a batch (a crash between COMMIT
-//! and XACK) changes nothing and counts its events as duplicates.
+//! Stage 3, commit: one database transaction per batch holding its rows only — the
+//! idempotent inserts and the updates of missing halves. Replaying a batch (a crash between
+//! COMMIT and XACK) changes nothing and counts its events as duplicates. Checkpoints are not
+//! written here but after the COMMIT, apart (see [`crate::checkpoint`]), so the
+//! batches in flight share no row but those of their own events.
 //!
 //! [`plan`] decides what each event does to its row (and refuses the events that contradict
 //! a persisted row); [`statements`] writes a batch with few statements whatever the number of
-//! coupons and streams in it.
+//! coupons in it.
 
 pub mod plan;
 pub mod statements;
 
 use crate::db::Db;
-use crate::event::{EntryId, Event, Op, StreamKey};
+use crate::event::{Event, Op};
 use plan::Refused;
 use sqlx::{Any, Transaction};
-use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
-
-pub use statements::read_checkpoints;
 
 /// How long the statements before COMMIT may take together, and COMMIT itself.
 #[derive(Debug, Clone, Copy)]
@@ -35,14 +34,14 @@ impl Default for Limits {
     }
 }
 
-fn timed_out(what: &str, limit: Duration) -> sqlx::Error {
+pub(crate) fn timed_out(what: &str, limit: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("{what} took longer than {limit:?}"),
     ))
 }
 
-fn aborted() -> sqlx::Error {
+pub(crate) fn aborted() -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::Interrupted,
         "shutting down: the transaction was rolled back before COMMIT",
@@ -66,21 +65,18 @@ pub struct CommitStats {
     pub statements: u64,
 }
 
-/// Writes `events` and advances `group`'s checkpoint of each stream, in one transaction.
-/// The statements before COMMIT are abandoned (the transaction rolled back) after
-/// `limits.statements` or when `abort` completes; COMMIT itself is only bounded by
-/// `limits.commit`, never cut short by `abort`.
+/// Writes the rows of `events`, in one transaction. The statements before COMMIT are
+/// abandoned (the transaction rolled back) after `limits.statements` or when `abort`
+/// completes; COMMIT itself is only bounded by `limits.commit`, never cut short by `abort`.
 pub async fn commit_batch(
     db: &Db,
-    group: &str,
     events: &[Event],
-    now_ms: i64,
     limits: Limits,
     abort: impl Future<Output = ()>,
 ) -> Result<CommitStats, sqlx::Error> {
     let write = async {
         let mut tx = db.pool.begin().await?;
-        let stats = write_batch(&mut tx, group, events, now_ms).await?;
+        let stats = write_batch(&mut tx, events).await?;
         Ok::<_, sqlx::Error>((tx, stats))
     };
     let (tx, stats) = tokio::select! {
@@ -101,9 +97,7 @@ pub async fn commit_batch(
 /// Everything of a batch before COMMIT.
 async fn write_batch(
     tx: &mut Transaction<'static, Any>,
-    group: &str,
     events: &[Event],
-    now_ms: i64,
 ) -> Result<CommitStats, sqlx::Error> {
     let mut stats = CommitStats::default();
     let mut sorted: Vec<&Event> = events.iter().collect();
@@ -136,23 +130,6 @@ async fn write_batch(
     stats.duplicates += plan.duplicates;
     statements::set_halves(tx, Op::Issue, &plan.set_issue, &mut stats).await?;
     statements::set_halves(tx, Op::Revoke, &plan.set_revoke, &mut stats).await?;
-
-    // The checkpoint covers what was written, not the refused events.
-    let refused: HashSet<(&StreamKey, EntryId)> = plan
-        .refused
-        .iter()
-        .map(|refused| (&refused.stream, refused.id))
-        .collect();
-    let mut last_per_stream: BTreeMap<&[u8], EntryId> = BTreeMap::new();
-    for event in events
-        .iter()
-        .filter(|event| refused.is_empty() || !refused.contains(&(&event.stream, event.id)))
-    {
-        let last = last_per_stream.entry(&event.stream).or_insert(event.id);
-        *last = (*last).max(event.id);
-    }
-    let checkpoints: Vec<(&[u8], EntryId)> = last_per_stream.into_iter().collect();
-    statements::advance_checkpoints(tx, group, &checkpoints, now_ms, &mut stats).await?;
     stats.refused = plan.refused;
     Ok(stats)
 }
@@ -172,34 +149,17 @@ fn lone_revokes<'a>(sorted: &[&'a Event]) -> Vec<&'a Event> {
     lone
 }
 
-fn is_duplicate(error: &sqlx::Error) -> bool {
+pub(crate) fn is_duplicate(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
-}
-
-/// The highest entry ID of `stream` that `group` has committed.
-pub async fn read_checkpoint(
-    db: &Db,
-    group: &str,
-    stream: &[u8],
-) -> Result<Option<EntryId>, sqlx::Error> {
-    let found = read_checkpoints(&db.pool, group, &[stream]).await?;
-    Ok(found.get(stream).copied())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::scratch_sqlite;
+    use crate::event::EntryId;
     use sqlx::Row;
     use std::sync::Arc;
-
-    /// A migrated SQLite database in a temp dir (kept alive by the returned guard).
-    async fn migrated_sqlite() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = Db::open(&url).expect("open");
-        crate::db::migrate::migrate(&db).await.expect("migrate");
-        (dir, db)
-    }
 
     fn event(op: Op, user: &str, seq: i64, id_ms: u64) -> Event {
         Event {
@@ -214,15 +174,7 @@ mod tests {
     }
 
     async fn commit(db: &Db, events: &[Event]) -> Result<CommitStats, sqlx::Error> {
-        commit_batch(
-            db,
-            "g",
-            events,
-            0,
-            Limits::default(),
-            std::future::pending(),
-        )
-        .await
+        commit_batch(db, events, Limits::default(), std::future::pending()).await
     }
 
     async fn rows(db: &Db) -> Vec<(i64, Vec<u8>, Option<i64>, Option<i64>)> {
@@ -246,11 +198,11 @@ mod tests {
     }
 
     /// The commit stage alone, on SQLite: replays change nothing, a revoke whose issue is
-    /// not persisted yet waits (not written, not checkpointed) and lands once its issue has,
-    /// and the checkpoint never moves back.
+    /// not persisted yet waits (not written) and lands once its issue has, and the batch's
+    /// transaction holds rows only (no checkpoint: they are written apart, after COMMIT).
     #[tokio::test]
     async fn commits_are_idempotent_and_revokes_wait_for_their_issue() {
-        let (_dir, db) = migrated_sqlite().await;
+        let (_dir, db) = scratch_sqlite().await;
 
         let first = [
             event(Op::Issue, "a", 1, 10),
@@ -268,8 +220,6 @@ mod tests {
         assert_eq!((stats.inserted, stats.updated), (0, 0));
         assert_eq!(stats.refused.len(), 1);
         assert!(!stats.refused[0].is_conflict());
-        let checkpoint = read_checkpoint(&db, "g", b"c:events{c}").await;
-        assert_eq!(checkpoint.expect("read"), Some(EntryId { ms: 30, seq: 0 }));
         let issue = [
             event(Op::Issue, "c", 3, 40),
             event(Op::Issue, "d", 5000, 60),
@@ -287,21 +237,19 @@ mod tests {
                 (5000, b"d".to_vec(), Some(60), None),
             ]
         );
-        let checkpoint = read_checkpoint(&db, "g", b"c:events{c}").await;
-        assert_eq!(checkpoint.expect("read"), Some(EntryId { ms: 60, seq: 0 }));
-        // An older batch (another consumer's, or a replay) leaves it where it is.
-        commit(&db, &first).await.expect("replay");
-        let checkpoint = read_checkpoint(&db, "g", b"c:events{c}").await;
-        assert_eq!(checkpoint.expect("read"), Some(EntryId { ms: 60, seq: 0 }));
-        let other = read_checkpoint(&db, "other", b"c:events{c}").await;
-        assert_eq!(other.expect("read"), None);
+        let checkpoints: i64 = sqlx::query("SELECT COUNT(*) FROM coupon_checkpoint")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(checkpoints, 0, "a batch's transaction writes rows only");
     }
 
     /// Another entry claiming an already persisted (coupon, seq), or another user revoking
     /// it, is not written over it and is reported; the rest of the batch commits.
     #[tokio::test]
     async fn conflicting_events_are_reported_not_written() {
-        let (_dir, db) = migrated_sqlite().await;
+        let (_dir, db) = scratch_sqlite().await;
         commit(&db, &[event(Op::Issue, "alice", 1, 10)])
             .await
             .expect("commit");
@@ -351,27 +299,26 @@ mod tests {
     }
 
     /// A batch over many coupons and streams takes a handful of statements, not a few per
-    /// coupon: one lookup, the inserts, one update per kind of half, one checkpoint update.
+    /// coupon or stream: one lookup, the inserts, one update per kind of half.
     #[tokio::test]
     async fn a_batch_over_many_coupons_takes_few_statements() {
-        let (_dir, db) = migrated_sqlite().await;
+        let (_dir, db) = scratch_sqlite().await;
         let issues = spread(Op::Issue, 50, 20, 1000);
         let stats = commit(&db, &issues).await.expect("commit");
         assert_eq!(
             (stats.inserted, stats.updated, stats.duplicates),
             (1000, 0, 0)
         );
-        // lookup + 6 inserts (512+256+128+64+32+8) + checkpoint update, select and the
-        // first checkpoints (32+16+2)
-        assert!(stats.statements <= 12, "{stats:?}");
+        // no lookup (no lone revoke) + 6 inserts (512+256+128+64+32+8)
+        assert!(stats.statements <= 6, "{stats:?}");
         let revokes = spread(Op::Revoke, 50, 20, 5000);
         let stats = commit(&db, &revokes).await.expect("commit");
         assert_eq!(
             (stats.inserted, stats.updated, stats.duplicates),
             (0, 1000, 0)
         );
-        // lookup (50 ranges) + 8 revoke updates of 128 + 1 checkpoint update
-        assert!(stats.statements <= 10, "{stats:?}");
+        // lookup (50 ranges) + 8 revoke updates of 128
+        assert!(stats.statements <= 9, "{stats:?}");
         let stats = commit(&db, &revokes).await.expect("replay");
         assert_eq!(
             (stats.inserted, stats.updated, stats.duplicates),
@@ -387,32 +334,12 @@ mod tests {
         .expect("count")
         .get(0);
         assert_eq!(revoked, 1000);
-        for c in [0, 49] {
-            let stream = format!("{{coupon-{c}}}:events");
-            let checkpoint = read_checkpoint(&db, "g", stream.as_bytes())
-                .await
-                .expect("read");
-            let last = revokes
-                .iter()
-                .filter(|e| *e.stream == *stream.as_bytes())
-                .map(|e| e.id)
-                .max();
-            assert_eq!(checkpoint, last);
-        }
-        // An older batch leaves every checkpoint where it is.
-        commit(&db, &issues).await.expect("replay");
-        let stream = b"{coupon-7}:events";
-        let checkpoint = read_checkpoint(&db, "g", stream).await.expect("read");
-        assert!(
-            checkpoint >= Some(EntryId { ms: 5000, seq: 0 }),
-            "{checkpoint:?}"
-        );
     }
 
     /// Statements stuck before COMMIT are abandoned on `abort`, and nothing is written.
     #[tokio::test]
     async fn abort_rolls_back_before_commit() {
-        let (_dir, db) = migrated_sqlite().await;
+        let (_dir, db) = scratch_sqlite().await;
         // The only connection is taken: BEGIN cannot even start.
         let held = db.pool.acquire().await.expect("acquire");
         let events = [event(Op::Issue, "a", 1, 10)];
@@ -422,7 +349,7 @@ mod tests {
             commit: Duration::from_secs(60),
         };
         let abort = tokio::time::sleep(Duration::from_millis(200));
-        let error = commit_batch(&db, "g", &events, 0, limits, abort)
+        let error = commit_batch(&db, &events, limits, abort)
             .await
             .expect_err("aborted");
         assert!(started.elapsed() < Duration::from_secs(2), "{error}");
@@ -430,7 +357,7 @@ mod tests {
             statements: Duration::from_millis(200),
             commit: Duration::from_secs(60),
         };
-        let error = commit_batch(&db, "g", &events, 0, limits, std::future::pending())
+        let error = commit_batch(&db, &events, limits, std::future::pending())
             .await
             .expect_err("timed out");
         assert!(error.to_string().contains("longer than"), "{error}");

@@ -1,12 +1,12 @@
-//! The statements of a batch: the lookup of the rows it touches, the multi-row inserts, the
-//! `CASE` updates of missing halves and of the checkpoints. They come in a few fixed shapes
-//! (lists are padded by repeating their last item) so prepared statements don't pile up.
-//! Names (coupon, user, stream) are always bound through [`Name`].
+//! The statements of a batch: the lookup of the rows it touches, the multi-row inserts and
+//! the `CASE` updates of missing halves. They come in a few fixed shapes (lists are padded by
+//! repeating their last item) so prepared statements don't pile up. Names (coupon, user,
+//! stream) are always bound through [`Name`].
 
 use super::plan::{Key, NewRow, Present, SetHalf};
 use super::CommitStats;
 use crate::db::text::Name;
-use crate::event::{EntryId, Event, Op};
+use crate::event::{Event, Op};
 use sqlx::{Any, QueryBuilder, Row, Transaction};
 use std::collections::{HashMap, HashSet};
 
@@ -18,7 +18,7 @@ pub const INSERT_SHAPES: [usize; 12] = [2048, 1024, 512, 256, 128, 64, 32, 16, 8
 
 /// List sizes of the lookups and updates: a list is cut into the first size, and its last
 /// part padded up to the smallest size that holds it.
-const LIST_SHAPES: [usize; 3] = [128, 16, 2];
+pub(crate) const LIST_SHAPES: [usize; 3] = [128, 16, 2];
 
 /// Widest gap between two seqs looked up with one range.
 const MAX_SEQ_GAP: i64 = 1024;
@@ -67,7 +67,7 @@ pub fn padded_parts<'i, T>(items: &'i [T], shapes: &[usize]) -> Vec<(&'i [T], us
 }
 
 /// The `i`th item of a part padded by repeating its last item.
-fn padded<T>(part: &[T], i: usize) -> &T {
+pub(crate) fn padded<T>(part: &[T], i: usize) -> &T {
     &part[i.min(part.len() - 1)]
 }
 
@@ -232,110 +232,6 @@ pub async fn set_halves(
     Ok(())
 }
 
-/// Moves `group`'s checkpoint of each stream up to its last written entry, creating the
-/// checkpoints not there yet.
-pub async fn advance_checkpoints(
-    tx: &mut Transaction<'static, Any>,
-    group: &str,
-    checkpoints: &[(&[u8], EntryId)],
-    now_ms: i64,
-    stats: &mut CommitStats,
-) -> Result<(), sqlx::Error> {
-    for (part, size) in padded_parts(checkpoints, &LIST_SHAPES) {
-        // The comparison is in the UPDATE itself, so it holds against a checkpoint another
-        // consumer committed meanwhile: the checkpoint never moves back. MySQL assigns left
-        // to right with the new values, so `last_seq` (which compares the old `last_ms`)
-        // comes first and `last_ms` only compares itself.
-        let mut update = QueryBuilder::<Any>::new("UPDATE coupon_checkpoint SET last_seq = CASE");
-        for i in 0..size {
-            let (stream, last) = *padded(part, i);
-            let (ms, seq) = (to_i64(last.ms), to_i64(last.seq));
-            update
-                .push(" WHEN stream = ")
-                .push_bind(Name::of(stream))
-                .push(" AND (last_ms < ")
-                .push_bind(ms)
-                .push(" OR (last_ms = ")
-                .push_bind(ms)
-                .push(" AND last_seq < ")
-                .push_bind(seq)
-                .push(")) THEN ")
-                .push_bind(seq);
-        }
-        update.push(" ELSE last_seq END, last_ms = CASE");
-        for i in 0..size {
-            let (stream, last) = *padded(part, i);
-            let ms = to_i64(last.ms);
-            update
-                .push(" WHEN stream = ")
-                .push_bind(Name::of(stream))
-                .push(" AND last_ms < ")
-                .push_bind(ms)
-                .push(" THEN ")
-                .push_bind(ms);
-        }
-        update
-            .push(" ELSE last_ms END, updated_at_ms = ")
-            .push_bind(now_ms)
-            .push(" WHERE consumer_group = ")
-            .push_bind(group)
-            .push(" AND stream IN (");
-        let mut streams = update.separated(", ");
-        for i in 0..size {
-            streams.push_bind(Name::of(padded(part, i).0));
-        }
-        update.push(")");
-        let matched = update.build().execute(&mut **tx).await?.rows_affected();
-        stats.statements += 1;
-        // Rows matched, changed or not (MySQL connections report found rows).
-        if matched >= part.len() as u64 {
-            continue;
-        }
-        // The first batch of some stream. Two consumers racing here make one INSERT fail on
-        // the primary key; that batch is retried and then takes the UPDATE path.
-        let mut select = QueryBuilder::<Any>::new(
-            "SELECT HEX(stream) FROM coupon_checkpoint WHERE consumer_group = ",
-        );
-        select.push_bind(group).push(" AND stream IN (");
-        let mut streams = select.separated(", ");
-        for i in 0..size {
-            streams.push_bind(Name::of(padded(part, i).0));
-        }
-        select.push(")");
-        let rows = select.build().fetch_all(&mut **tx).await?;
-        stats.statements += 1;
-        let mut known: HashSet<Vec<u8>> = HashSet::new();
-        for row in rows {
-            known.insert(unhex(&row.try_get::<String, _>(0)?));
-        }
-        let missing: Vec<(&[u8], EntryId)> = part
-            .iter()
-            .filter(|(stream, _)| !known.contains(*stream))
-            .copied()
-            .collect();
-        let mut rest = missing.as_slice();
-        for size in chunk_sizes(missing.len()) {
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
-            let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO coupon_checkpoint \
-                 (consumer_group, stream, last_ms, last_seq, updated_at_ms) ",
-            );
-            insert.push_values(chunk, |mut values, (stream, last)| {
-                values
-                    .push_bind(group)
-                    .push_bind(Name::of(stream))
-                    .push_bind(to_i64(last.ms))
-                    .push_bind(to_i64(last.seq))
-                    .push_bind(now_ms);
-            });
-            insert.build().execute(&mut **tx).await?;
-            stats.statements += 1;
-        }
-    }
-    Ok(())
-}
-
 /// Bytes from `HEX()` (either case).
 pub(crate) fn unhex(text: &str) -> Vec<u8> {
     let digit = |c: u8| match c {
@@ -350,40 +246,8 @@ pub(crate) fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// The highest entry ID `group` has committed of each of `streams` that has a checkpoint.
-pub async fn read_checkpoints(
-    pool: &sqlx::AnyPool,
-    group: &str,
-    streams: &[&[u8]],
-) -> Result<HashMap<Vec<u8>, EntryId>, sqlx::Error> {
-    let mut found = HashMap::new();
-    for (part, size) in padded_parts(streams, &LIST_SHAPES) {
-        let mut select = QueryBuilder::<Any>::new(
-            "SELECT HEX(stream), last_ms, last_seq FROM coupon_checkpoint WHERE consumer_group = ",
-        );
-        select.push_bind(group).push(" AND stream IN (");
-        let mut names = select.separated(", ");
-        for i in 0..size {
-            let name: &&[u8] = padded(part, i);
-            names.push_bind(Name::of(name));
-        }
-        select.push(")");
-        for row in select.build().fetch_all(pool).await? {
-            let stream = unhex(&row.try_get::<String, _>(0)?);
-            let ms: i64 = row.try_get(1)?;
-            let seq: i64 = row.try_get(2)?;
-            let id = EntryId {
-                ms: u64::try_from(ms).unwrap_or(0),
-                seq: u64::try_from(seq).unwrap_or(0),
-            };
-            found.insert(stream, id);
-        }
-    }
-    Ok(found)
 }
 
 #[cfg(test)]

@@ -145,6 +145,14 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
         control: mpsc::UnboundedSender<Control>,
         reports: mpsc::UnboundedReceiver<Report>,
     ) -> Maintenance<C> {
+        // Long enough for the checkpoints to follow the rows read (written within a second
+        // or so) and a trim after that.
+        let to_trim = Touched::keeping(
+            config.trim_every.unwrap_or(Duration::ZERO) * 2 + Duration::from_secs(10),
+        );
+        // Long enough for a dead consumer's last entries to be claimed and for it to idle
+        // out.
+        let to_forget = Touched::keeping(config.claim_idle * 20 + config.forget_every() * 2);
         let discovery = Discovery::new(config.pattern.clone(), config.group.clone())
             .skipping(config.dead_letter_stream.clone());
         Maintenance {
@@ -158,8 +166,8 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
             discovery,
             to_sample: HashSet::new(),
             standing: HashMap::new(),
-            to_trim: Touched::default(),
-            to_forget: Touched::default(),
+            to_trim,
+            to_forget,
             no_index: false,
             scan_soon: false,
             failures: Failures::default(),
@@ -266,8 +274,9 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
                 }
             }
             Report::Touched(streams) => {
-                self.to_trim.note(&streams);
-                self.to_forget.note(&streams);
+                let now = Instant::now();
+                self.to_trim.note(&streams, now);
+                self.to_forget.note(&streams, now);
                 self.to_sample.extend(streams);
             }
         }
@@ -417,7 +426,7 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
     /// Trims the streams read lately below what is committed and acknowledged by every
     /// group.
     async fn trim(&mut self) {
-        let streams = self.to_trim.take();
+        let streams = self.to_trim.take(Instant::now());
         let group = self.config.group.clone();
         let mut trimmed = 0;
         for chunk in streams.chunks(sample::CHUNK) {
@@ -472,7 +481,7 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
     /// Forgets consumers idle for ten claim times without pending entries, on the streams
     /// read lately.
     async fn forget_consumers(&mut self) {
-        let streams = self.to_forget.take();
+        let streams = self.to_forget.take(Instant::now());
         let idle_ms = u64::try_from(self.config.claim_idle.as_millis())
             .unwrap_or(u64::MAX)
             .saturating_mul(10);

@@ -380,6 +380,7 @@ impl<C: ConnectionLike + Send> Reader<C> {
                 })
                 .collect();
             if !claimed.entries.is_empty() || !vanished.is_empty() {
+                self.reports.push(Report::Touched(vec![stream.clone()]));
                 return Ok((claimed.entries, vanished));
             }
         }

@@ -306,6 +306,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn deferred_streams_are_dropped_once_known_or_too_old() {
+        let mut discovery = Discovery::new("*".into(), "g".into());
+        let start = Instant::now();
+        let (a, b): (StreamKey, StreamKey) = (b"a:events{a}"[..].into(), b"b:events{b}"[..].into());
+        discovery.deferred.insert(a.clone(), start);
+        discovery.deferred.insert(b.clone(), start);
+        assert!(discovery.has_deferred());
+        discovery.remember(a);
+        assert_eq!(discovery.take_deferred(start), vec![b.clone()]);
+        assert_eq!(
+            discovery.take_deferred(start + DEFER_FOR),
+            Vec::<StreamKey>::new()
+        );
+        assert!(!discovery.has_deferred());
+    }
+
+    #[test]
     fn dead_letter_keys_are_the_name_or_the_name_with_a_tag() {
         let name = b"coupon-persister:dead-letter";
         assert!(is_dead_letter(name, name));

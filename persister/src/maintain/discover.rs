@@ -11,13 +11,17 @@ use crate::reply::{self, BadReply};
 use coupon_layout::{CouponKey, LAST_SEQ_FIELD};
 use redis::aio::ConnectionLike;
 use redis::{RedisError, RedisResult, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Names of ignored streams remembered (so each is logged once); past it, no longer logged.
 const MAX_REMEMBERED: usize = 100_000;
 /// Streams checked per pipeline.
 const CHUNK: usize = 500;
+/// How long a stream seen in a slot this node does not serve yet is asked about again: long
+/// enough for a slot's move to finish (the sweep's scan finds it after that).
+const DEFER_FOR: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoverError {
@@ -45,6 +49,10 @@ pub struct Discovery {
     known: HashSet<StreamKey>,
     /// Streams ignored and logged.
     ignored: HashSet<StreamKey>,
+    /// Streams named while their slot was not served here (a move under way: `IMPORTING`
+    /// here, or `MIGRATING` away), since when: adopted once it is, as nothing else may name
+    /// them again before a sweep.
+    deferred: HashMap<StreamKey, Instant>,
     /// The dead-letter stream: never adopted, nor its per-slot keys `<name>{<tag>}`.
     dead_letter: Option<Vec<u8>>,
 }
@@ -66,6 +74,7 @@ impl Discovery {
             group,
             known: HashSet::new(),
             ignored: HashSet::new(),
+            deferred: HashMap::new(),
             dead_letter: None,
         }
     }
@@ -82,6 +91,21 @@ impl Discovery {
 
     pub fn count(&self) -> usize {
         self.known.len()
+    }
+
+    /// Whether streams seen in a slot not served here wait to be asked about again.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// The streams seen in a slot not served here, to adopt now if it is; those waiting
+    /// longer than [`DEFER_FOR`] are dropped (their slot went elsewhere).
+    pub fn take_deferred(&mut self, now: Instant) -> Vec<StreamKey> {
+        let known = &self.known;
+        self.deferred.retain(|stream, since| {
+            !known.contains(stream) && now.saturating_duration_since(*since) < DEFER_FOR
+        });
+        self.deferred.keys().cloned().collect()
     }
 
     /// Forgets a stream (gone, or no longer a stream): a later round may adopt it again.
@@ -205,10 +229,17 @@ impl Discovery {
         let answers: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
         let mut join = Vec::new();
         for (stream, pair) in candidates.iter().zip(answers.chunks(2)) {
-            // Seen in a slot this node does not serve (yet): its owner adopts it.
+            // Seen in a slot this node does not serve (yet): asked about again until it
+            // does (the slot is being moved here) or its owner adopts it.
             if pair.iter().any(|a| matches!(a, Err(e) if redirected(e))) {
+                if self.deferred.len() < MAX_REMEMBERED {
+                    self.deferred
+                        .entry(stream.clone())
+                        .or_insert_with(Instant::now);
+                }
                 continue;
             }
+            self.deferred.remove(stream);
             let is_coupon = matches!(pair.first(), Some(Ok(Value::Int(1))));
             let has_group = matches!(pair.get(1), Some(Ok(_)));
             if has_group {
@@ -273,6 +304,23 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deferred_streams_are_dropped_once_known_or_too_old() {
+        let mut discovery = Discovery::new("*".into(), "g".into());
+        let start = Instant::now();
+        let (a, b): (StreamKey, StreamKey) = (b"a:events{a}"[..].into(), b"b:events{b}"[..].into());
+        discovery.deferred.insert(a.clone(), start);
+        discovery.deferred.insert(b.clone(), start);
+        assert!(discovery.has_deferred());
+        discovery.remember(a);
+        assert_eq!(discovery.take_deferred(start), vec![b.clone()]);
+        assert_eq!(
+            discovery.take_deferred(start + DEFER_FOR),
+            Vec::<StreamKey>::new()
+        );
+        assert!(!discovery.has_deferred());
+    }
 
     #[test]
     fn dead_letter_keys_are_the_name_or_the_name_with_a_tag() {

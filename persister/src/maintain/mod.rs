@@ -69,6 +69,8 @@ impl MaintainConfig {
 
 /// Shortest time between two scans for streams asked by sweeps.
 const SCAN_GAP: Duration = Duration::from_secs(1);
+/// How often streams named while their slot was not served here are asked about again.
+const DEFERRED_EVERY: Duration = Duration::from_millis(500);
 
 /// A job's failures, logged once per interval.
 #[derive(Default)]
@@ -186,8 +188,10 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
         let mut next_claim = now + self.config.claim_every();
         let mut next_trim = self.config.trim_every.map(|every| now + every);
         let mut next_forget = now + self.config.forget_every();
+        let mut next_deferred = now;
         loop {
             let wake = [
+                self.discovery.has_deferred().then_some(next_deferred),
                 Some(next_discover),
                 Some(next_sample),
                 Some(next_claim),
@@ -219,6 +223,10 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
                 () = self.shutdown.requested_wait() => return,
             }
             let now = Instant::now();
+            if self.discovery.has_deferred() && now >= next_deferred {
+                self.adopt_deferred(now).await;
+                next_deferred = now + DEFERRED_EVERY;
+            }
             if now >= next_discover {
                 let ok = self.discover().await;
                 last_discover = now;
@@ -278,6 +286,26 @@ impl<C: ConnectionLike + Send> Maintenance<C> {
                 self.to_trim.note(&streams, now);
                 self.to_forget.note(&streams, now);
                 self.to_sample.extend(streams);
+            }
+        }
+    }
+
+    /// Adopts the streams named while their slot was not served here, if it is now: a slot
+    /// moved here whose streams' hints came before the move finished.
+    async fn adopt_deferred(&mut self, now: Instant) {
+        let streams = self.discovery.take_deferred(now);
+        if streams.is_empty() {
+            return;
+        }
+        match self.discovery.adopt_named(&mut self.conn, streams).await {
+            Ok(found) => self.joined(found, "coupon streams moved here"),
+            Err(error) => {
+                self.metrics.error("redis_discover");
+                failed(
+                    &mut self.failures.discover,
+                    "adopting coupon streams moved here",
+                    &error,
+                );
             }
         }
     }

@@ -814,7 +814,11 @@ fn redis_losing_its_data_never_overwrites_persisted_rows() {
             .unwrap_or_default();
         assert!(reason.contains("conflict"), "{fields:?}");
     }
-    assert!(persister.metric("coupon_persister_conflicts_total") >= 2.0);
+    assert!(
+        persister.metric("coupon_persister_conflicts_total") >= 2.0,
+        "conflicts not counted\n{}",
+        persister.log()
+    );
     wait_no_pending(&server, &persister);
     assert_persisted(None, &db.url(), &ledger, LIMIT, || persister.log());
 }

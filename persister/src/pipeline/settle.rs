@@ -144,7 +144,14 @@ impl<C: ConnectionLike + Send> Settler<C> {
             .iter()
             .map(|(entry, _)| (&*entry.stream, entry.id))
             .collect();
-        let counts = match ack::delivery_counts(&mut self.conn, &self.config.group, &keys).await {
+        // Asked twice: the first use of a connection Redis dropped meanwhile (a restart)
+        // fails once and reconnects, and an entry left uncounted here would never be counted
+        // (its next delivery is not its first).
+        let mut counts = ack::delivery_counts(&mut self.conn, &self.config.group, &keys).await;
+        if counts.is_err() {
+            counts = ack::delivery_counts(&mut self.conn, &self.config.group, &keys).await;
+        }
+        let counts = match counts {
             Ok(counts) => counts,
             Err(error) => {
                 self.metrics.error("redis_pending");

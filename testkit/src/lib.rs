@@ -13,7 +13,7 @@
 //!   [`Cluster`], [`MariaDb`], [`Persister`] give it finer control). Inside the project's
 //!   workspace the kit builds the module and the persister itself; a copy from crates.io has
 //!   neither beside it, so set `COUPON_MODULE` and `COUPON_PERSISTER_BIN` to built ones
-//!   ([`module_path`], [`persister_path`]).
+//!   ([`module_path()`], [`persister_path()`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), coupon_testkit::Error> {

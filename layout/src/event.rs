@@ -21,6 +21,14 @@ impl Op {
         }
     }
 
+    /// The op an `op` field names, if any.
+    ///
+    /// ```
+    /// use coupon_layout::Op;
+    /// assert_eq!(Op::from_word(b"revoke"), Some(Op::Revoke));
+    /// assert_eq!(Op::from_word(Op::Issue.word().as_bytes()), Some(Op::Issue));
+    /// assert_eq!(Op::from_word(b"ISSUE"), None);
+    /// ```
     pub fn from_word(word: &[u8]) -> Option<Op> {
         match word {
             b"issue" => Some(Op::Issue),

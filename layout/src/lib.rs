@@ -12,6 +12,17 @@
 //! routing, `WATCH`, client-side caching, ACL key patterns) sees the state the rules depend on.
 //! The empty field can never be a user (an empty user is refused), and the revoke total is
 //! derived: every seq ever issued is either held or was revoked.
+//!
+//! ```
+//! use coupon_layout::{hash_slot, CouponKey};
+//!
+//! let key = CouponKey::new(b"sale:2026-11-22").expect("a key that can name a coupon");
+//! let stream = key.events_key();
+//! assert_eq!(hash_slot(key.as_bytes()), hash_slot(&stream));
+//! assert_eq!(CouponKey::of_events_key(&stream), Some(key));
+//! ```
+//!
+//! Part of the coupon project (Redis module, SDK, persister); its README covers the rest.
 
 mod event;
 mod key;
@@ -25,6 +36,13 @@ pub use slot::hash_slot;
 pub const LAST_SEQ_FIELD: &[u8] = b"";
 
 /// How many users hold the coupon, from the length of its hash: every field but the last seq.
+///
+/// ```
+/// // HLEN 4: three holders and the last seq; of seqs 1..=5, two were given back.
+/// assert_eq!(coupon_layout::holders_in(4), 3);
+/// assert_eq!(coupon_layout::revoked_of(5, 3), 2);
+/// assert_eq!(coupon_layout::holders_in(0), 0); // no such coupon
+/// ```
 pub fn holders_in(hash_len: u64) -> u64 {
     hash_len.saturating_sub(1)
 }

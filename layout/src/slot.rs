@@ -6,6 +6,12 @@ use crate::key::hash_tag;
 const SLOTS: u16 = 16384;
 
 /// The cluster hash slot of `key`, as Redis computes it.
+///
+/// ```
+/// use coupon_layout::hash_slot;
+/// assert_eq!(hash_slot(b"foo"), 12182); // CLUSTER KEYSLOT foo
+/// assert_eq!(hash_slot(b"shop{7}:sale"), hash_slot(b"7"));
+/// ```
 pub fn hash_slot(key: &[u8]) -> u16 {
     crc16(hash_tag(key).unwrap_or(key)) % SLOTS
 }

@@ -87,6 +87,19 @@ where
     }
 
     /// Uses `backend` without asking the server.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// use coupon_sdk::{Backend, Coupons};
+    ///
+    /// // A server that cannot load modules: the Lua script, without asking.
+    /// let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// let connection = client.get_multiplexed_async_connection().await?;
+    /// let coupons = Coupons::with_backend(connection, Backend::Script);
+    /// assert_eq!(coupons.backend(), Backend::Script);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_backend(connection: C, backend: Backend) -> Self {
         Coupons {
             connection,
@@ -132,6 +145,22 @@ where
     /// too, so give acknowledged writes connections of their own (or several). Keep the
     /// per-call [`with_timeout`](Self::with_timeout) above `ack.timeout`, or a slow
     /// acknowledgement ends as [`Error::Timeout`] instead.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// # use coupon_sdk::*;
+    /// # let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// # let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?).await?;
+    /// use std::time::Duration;
+    ///
+    /// let acked = coupons.with_replica_ack(ReplicaAck { replicas: 1, timeout: Duration::from_millis(100) });
+    /// match acked.issue("sale", "alice", 100).await {
+    ///     Err(Error::NotReplicated { .. }) => println!("issued on the primary only, for now"),
+    ///     other => println!("{:?}", other?),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_replica_ack(&self, ack: ReplicaAck) -> Self {
         Coupons {
             replica_ack: Some(ack),
@@ -139,6 +168,7 @@ where
         }
     }
 
+    /// The backend the calls use.
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -158,6 +188,21 @@ where
     }
 
     /// Like [`issue`](Self::issue), and only while `window` is open by the server's clock.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// # use coupon_sdk::*;
+    /// # let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// # let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?).await?;
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// let start = SystemTime::now() + Duration::from_secs(3600);
+    /// let window = Window::between(start, start + Duration::from_secs(600));
+    /// // An hour early: nothing is issued yet.
+    /// assert_eq!(coupons.issue_in_window("night-sale", "alice", 100, window).await?, Outcome::NotStarted);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn issue_in_window(
         &self,
         coupon: impl AsRef<[u8]>,
@@ -215,6 +260,18 @@ where
 
     /// Takes the coupon back from `user`: `true` if they held it (the stock returns; the seq
     /// is never reused), `false` if they did not (nothing changes).
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// # use coupon_sdk::*;
+    /// # let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// # let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?).await?;
+    /// coupons.issue("sale", "alice", 100).await?;
+    /// assert!(coupons.revoke("sale", "alice").await?);
+    /// assert!(!coupons.revoke("sale", "alice").await?); // held nothing any more
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn revoke(&self, coupon: impl AsRef<[u8]>, user: impl AsRef<[u8]>) -> Result<bool> {
         let (coupon, user) = (coupon.as_ref(), non_empty(user.as_ref())?);
         coupon_key(coupon)?;
@@ -241,6 +298,22 @@ where
     /// them). Works on the cluster client too (one coupon, one node). A user or a seq
     /// named twice, an empty user, a seq of 0 or a number over `i64::MAX` is refused
     /// before anything is sent.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// # use coupon_sdk::*;
+    /// # let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// # let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?).await?;
+    /// // From the database: alice held seq 17, bob seq 18, and 20 was the highest seq issued.
+    /// let answers = coupons.restore("sale", 20, &[("alice", 17), ("bob", 18)]).await?;
+    /// for answer in answers {
+    ///     if let Restore::SeqTaken { user } = answer {
+    ///         println!("the seq went to {} meanwhile", String::from_utf8_lossy(&user));
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn restore<U: AsRef<[u8]>>(
         &self,
         coupon: impl AsRef<[u8]>,
@@ -300,6 +373,18 @@ where
     }
 
     /// The seq `user` holds, if any.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// # use coupon_sdk::*;
+    /// # let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// # let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?).await?;
+    /// if let Some(seq) = coupons.check("sale", "alice").await? {
+    ///     println!("alice holds #{seq}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn check(
         &self,
         coupon: impl AsRef<[u8]>,
@@ -314,6 +399,17 @@ where
     }
 
     /// The coupon's counters.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// # use coupon_sdk::*;
+    /// # let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// # let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?).await?;
+    /// let info = coupons.info("sale").await?;
+    /// println!("{} held, {} given back, last seq {}", info.issued, info.revoked, info.last_seq);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn info(&self, coupon: impl AsRef<[u8]>) -> Result<CouponInfo> {
         let keys = CouponKeys::of(coupon.as_ref())?;
         let mut pipe = redis::pipe();

@@ -5,6 +5,9 @@
 //! leaves exactly the same data ([`Backend`]), so services and the persister work unchanged on
 //! either and a deployment can move between them without migrating anything.
 //!
+//! Part of the coupon project (Redis module, persister, testkit); its README covers the
+//! commands, errors, replica acknowledgement and Redis Cluster in full.
+//!
 //! ```no_run
 //! # async fn run() -> coupon_sdk::Result<()> {
 //! use coupon_sdk::{Coupons, Outcome};

@@ -32,12 +32,19 @@ pub fn http_service_path() -> PathBuf {
 }
 
 /// `$override_var` if set; else builds `package` with `cargo build --release` and returns
-/// `target/release/<file>`.
+/// `target/release/<file>`. Building needs the project's workspace around this crate: a copy
+/// from crates.io has no module or persister beside it, so there the variable is required.
 fn release_artifact(override_var: &str, package: &str, file: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(override_var) {
         return PathBuf::from(path);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(
+        root.join("module").join("Cargo.toml").exists(),
+        "coupon-testkit is not inside the coupon workspace, so it cannot build {package}: \
+         set {override_var} to a built {file} (from a checkout of the project: \
+         cargo build --release -p {package})"
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "-p", package])

@@ -74,6 +74,15 @@ impl ClusterBuilder {
 }
 
 impl Cluster {
+    ///
+    /// ```no_run
+    /// use coupon_testkit::{Cluster, Flavor};
+    ///
+    /// let cluster = Cluster::builder(Flavor::Redis).replicas(1).start();
+    /// assert_eq!(cluster.primaries().len(), 3);
+    /// let seeds = cluster.urls(); // redis://127.0.0.1:<port>/ of every node, for a cluster client
+    /// # drop(seeds);
+    /// ```
     pub fn start(flavor: Flavor) -> Cluster {
         Cluster::builder(flavor).start()
     }

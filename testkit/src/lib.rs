@@ -10,7 +10,10 @@
 //! - [`Backend::Local`]: local processes — `redis-server` from PATH with the module built from
 //!   this workspace, MariaDB in a temp dir, the persister binary — each on a free loopback
 //!   port, killed when dropped. The project's own test suite runs on these ([`Server`],
-//!   [`Cluster`], [`MariaDb`], [`Persister`] give it finer control).
+//!   [`Cluster`], [`MariaDb`], [`Persister`] give it finer control). Inside the project's
+//!   workspace the kit builds the module and the persister itself; a copy from crates.io has
+//!   neither beside it, so set `COUPON_MODULE` and `COUPON_PERSISTER_BIN` to built ones
+//!   ([`module_path()`], [`persister_path()`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), coupon_testkit::Error> {

@@ -42,7 +42,12 @@ pub struct MariaDb {
 }
 
 impl MariaDb {
-    /// Installs a fresh data directory, starts the server and creates [`DATABASE`].
+    /// Installs a fresh data directory, starts the server and creates the `coupon` database.
+    ///
+    /// ```no_run
+    /// let database = coupon_testkit::MariaDb::start(); // killed and removed on drop
+    /// assert!(database.url().starts_with("mysql://root@127.0.0.1:"));
+    /// ```
     pub fn start() -> MariaDb {
         let dir = tempfile::Builder::new()
             .prefix("coupon-mariadb-")

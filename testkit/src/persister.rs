@@ -43,6 +43,15 @@ pub struct Persister {
 impl Persister {
     /// Starts one against `redis_url` and `database_url`; `flags` (name without `--`,
     /// value) override the defaults.
+    ///
+    /// ```no_run
+    /// use coupon_testkit::{Flavor, MariaDb, Persister, Server};
+    ///
+    /// let server = Server::start(Flavor::Redis);
+    /// let database = MariaDb::start();
+    /// let persister = Persister::start(&server.url(), &database.url(), &[("linger-ms", "5")]);
+    /// # drop(persister);
+    /// ```
     pub fn start(redis_url: &str, database_url: &str, flags: &[(&str, &str)]) -> Persister {
         Persister::start_with_env(redis_url, Some(database_url), flags, &[])
     }

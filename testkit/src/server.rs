@@ -145,6 +145,20 @@ pub struct Server {
 
 impl Server {
     /// A server of `flavor` with the module loaded.
+    ///
+    /// ```no_run
+    /// use coupon_testkit::{Flavor, Server};
+    ///
+    /// let server = Server::start(Flavor::Redis); // redis-server from PATH, a free port
+    /// let mut connection = server.connect();
+    /// let seq: i64 = redis::cmd("COUPON.ISSUE").arg("sale").arg("alice").arg(10)
+    ///     .query(&mut connection).expect("issued");
+    /// assert_eq!(seq, 1);
+    ///
+    /// // Without the module, with an append-only file: for the Lua fallback after a restart.
+    /// let plain = Server::builder(Flavor::Valkey).module(false).aof(true).start();
+    /// # drop(plain);
+    /// ```
     pub fn start(flavor: Flavor) -> Server {
         Server::builder(flavor).start()
     }

@@ -168,6 +168,21 @@ impl Stack {
         Stack::builder().start().await
     }
 
+    /// A stack to configure: the backend, the persister and a database, other images.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), coupon_testkit::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let stack = coupon_testkit::Stack::builder().persister(true).start().await?;
+    /// let coupons = stack.coupons().await?;
+    /// coupons.issue("sale", "alice", 100).await?;
+    /// // The database holds what Redis holds: rows, revokes and the last seq.
+    /// let rows = stack.wait_persisted("sale", Duration::from_secs(30)).await?;
+    /// assert_eq!(rows, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder() -> StackBuilder {
         StackBuilder::default()
     }

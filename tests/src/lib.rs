@@ -4,6 +4,7 @@
 //! the per-flavor test macro live here.
 
 pub mod cpu;
+pub mod figures;
 pub mod http;
 pub mod load;
 mod workload;

@@ -4,7 +4,8 @@
 //! persisted at once; the index being only a hint, a persister killed after learning of a
 //! change and a server restart that loses the index lose nothing.
 
-use coupon_tests::{assert_persisted, query_rows, Flavor, Ledger, Persister, Server, TestDb};
+use coupon_tests::figures::{command_stats, issuance_rows};
+use coupon_tests::{assert_persisted, Flavor, Ledger, Persister, Server, TestDb};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,34 +19,6 @@ const HINTS_ONLY: [(&str, &str); 2] = [
     ("discover-interval-ms", "3600000"),
     ("sweep-interval-ms", "3600000"),
 ];
-
-/// `XREADGROUP`'s calls and microseconds so far (`INFO commandstats`).
-fn xreadgroup_stats(conn: &mut redis::Connection) -> (u64, u64) {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(conn)
-        .expect("INFO commandstats");
-    let line = info
-        .lines()
-        .find(|line| line.starts_with("cmdstat_xreadgroup:"))
-        .unwrap_or("cmdstat_xreadgroup:calls=0,usec=0");
-    let field = |name: &str| -> u64 {
-        line.split([':', ','])
-            .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("calls"), field("usec"))
-}
-
-fn count_rows(url: &str) -> i64 {
-    use sqlx::Row;
-    query_rows(url, "SELECT COUNT(*) FROM coupon_issuance")
-        .ok()
-        .and_then(|rows| rows.into_iter().next())
-        .map(|row| row.get::<i64, _>(0))
-        .unwrap_or(0)
-}
 
 /// One issue to each of `coupons` (`prefix0`, `prefix1`, …), pipelined.
 fn campaigns(conn: &mut redis::Connection, prefix: &str, coupons: usize) -> Ledger {
@@ -74,13 +47,13 @@ fn a_live_coupon_among_thousands_of_dormant_ones_drains_at_full_rate() {
         persister.log()
     });
 
-    let (calls_before, usec_before) = xreadgroup_stats(&mut conn);
+    let (calls_before, usec_before) = command_stats(&mut conn, "xreadgroup");
     let started = Instant::now();
     for chunk in 0..HOT / 1_000 {
         ledger.issue(&mut conn, b"live", &users(chunk * 1_000, 1_000), HOT as i64);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count_rows(&db.url()) < (DORMANT + HOT) as i64 {
+    while issuance_rows(&db.url()) < (DORMANT + HOT) as i64 {
         assert!(
             Instant::now() < deadline,
             "not drained\n{}",
@@ -89,7 +62,7 @@ fn a_live_coupon_among_thousands_of_dormant_ones_drains_at_full_rate() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let drained = started.elapsed();
-    let (calls_after, usec_after) = xreadgroup_stats(&mut conn);
+    let (calls_after, usec_after) = command_stats(&mut conn, "xreadgroup");
     let (calls, usec) = (calls_after - calls_before, usec_after - usec_before);
     eprintln!(
         "{HOT} issues to one coupon among {DORMANT}: persisted in {drained:?}; {calls} \

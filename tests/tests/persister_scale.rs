@@ -1,20 +1,12 @@
 //! 100,000 issuances across 50 coupons, issued by pipelining COUPON.ISSUE while the
 //! persister runs: every one lands once. Prints the throughput observed.
 
-use coupon_tests::{assert_persisted, query_rows, Flavor, Ledger, Persister, Server, TestDb};
+use coupon_tests::figures::issuance_rows;
+use coupon_tests::{assert_persisted, Flavor, Ledger, Persister, Server, TestDb};
 use std::time::{Duration, Instant};
 
 const COUPONS: usize = 50;
 const PER_COUPON: usize = 2_000;
-
-fn count_rows(url: &str) -> i64 {
-    use sqlx::Row;
-    query_rows(url, "SELECT COUNT(*) FROM coupon_issuance")
-        .ok()
-        .and_then(|rows| rows.into_iter().next())
-        .map(|row| row.get::<i64, _>(0))
-        .unwrap_or(0)
-}
 
 fn hundred_thousand(db: TestDb, name: &str) {
     let server = Server::start(Flavor::Redis);
@@ -40,7 +32,7 @@ fn hundred_thousand(db: TestDb, name: &str) {
     let issued = started.elapsed();
     assert_eq!(ledger.rows.len(), COUPONS * PER_COUPON);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while count_rows(&db.url()) < (COUPONS * PER_COUPON) as i64 {
+    while issuance_rows(&db.url()) < (COUPONS * PER_COUPON) as i64 {
         assert!(
             Instant::now() < deadline,
             "not all persisted\n{}",

@@ -6,6 +6,7 @@
 //! commands over 1 ms (`SLOWLOG`), and the p99 of an independent client's `COUPON.ISSUE`.
 
 use super::Bench;
+use coupon_tests::figures::command_stats;
 use coupon_tests::{query_rows, MariaDb, Persister};
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -64,25 +65,6 @@ impl fmt::Display for RedisCost {
             self.probe_p99_ms
         )
     }
-}
-
-/// `XREADGROUP`'s calls and microseconds so far.
-fn xreadgroup_stats(conn: &mut redis::Connection) -> (u64, u64) {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(conn)
-        .unwrap_or_default();
-    let line = info
-        .lines()
-        .find(|line| line.starts_with("cmdstat_xreadgroup:"))
-        .unwrap_or("");
-    let field = |name: &str| -> u64 {
-        line.split([':', ','])
-            .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("calls"), field("usec"))
 }
 
 /// Commands in the slow log, by name.
@@ -292,7 +274,7 @@ pub fn at_steady_rate(
         .arg(1000)
         .query(&mut stats);
     let _: redis::RedisResult<()> = redis::cmd("SLOWLOG").arg("RESET").query(&mut stats);
-    let (calls_before, usec_before) = xreadgroup_stats(&mut stats);
+    let (calls_before, usec_before) = command_stats(&mut stats, "xreadgroup");
     let before = buckets(&persister);
     let issued_before = issued.load(Ordering::Relaxed);
     let started = Instant::now();
@@ -325,7 +307,7 @@ pub fn at_steady_rate(
         std::thread::sleep(Duration::from_millis(200));
     }
     let after = buckets(&persister);
-    let (calls_after, usec_after) = xreadgroup_stats(&mut stats);
+    let (calls_after, usec_after) = command_stats(&mut stats, "xreadgroup");
     let mut round_trips = probe.join().unwrap_or_default();
     round_trips.sort();
     let cost = RedisCost {

@@ -1,7 +1,7 @@
 //! An example HTTP service issuing first-come-first-served coupons through `coupon-sdk`:
 //! the shape a production service takes around the SDK (configuration, routes and status
-//! codes, problem documents, timeouts and retries, metrics, graceful shutdown). See the
-//! README's "HTTP service" section.
+//! codes, problem documents, timeouts and retries, metrics, graceful shutdown). See
+//! `docs/http-service.md`.
 
 pub mod app;
 pub mod config;

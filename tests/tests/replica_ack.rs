@@ -39,7 +39,19 @@ fn replica_of(master: &Server) -> Server {
         .start();
     wait_until(|| info_field(&replica, "replication", "master_link_status") == "up");
     wait_until(|| info_field(master, "replication", "connected_slaves") == "1");
+    wait_for_first_ack(master);
     replica
+}
+
+/// After a diskless full sync a primary streams to its replica only once the replica has
+/// sent its first `REPLCONF ACK` (up to a second later): until then a `WAIT` waits for it.
+fn wait_for_first_ack(primary: &Server) {
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query(&mut primary.connect())
+        .expect("WAIT");
+    assert_eq!(acked, 1, "the replica never acknowledged");
 }
 
 fn wait_until(mut ready: impl FnMut() -> bool) {
@@ -71,9 +83,12 @@ impl Drop for Frozen {
 }
 
 async fn coupons_on(server: &Server, backend: Backend) -> Coupons<MultiplexedConnection> {
+    // No response timeout of the connection's own (redis-rs' default is 500 ms): a `WAIT`
+    // may take up to its own timeout, which the SDK's replica acknowledgement sets.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let connection = server
         .client()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connect");
     Coupons::with_backend(connection, backend)
@@ -234,6 +249,7 @@ fn cluster_wait_is_answered_by_the_coupons_node(flavor: Flavor) {
         .query::<()>(&mut conn)
         .expect("CLUSTER REPLICATE");
     wait_until(|| info_field(&replica, "replication", "master_link_status") == "up");
+    wait_for_first_ack(&cluster.nodes[0]);
     for node in cluster.nodes.iter().chain([&replica]) {
         wait_until(|| {
             let info: String = redis::cmd("CLUSTER")

@@ -190,6 +190,11 @@ impl Discovery {
                     continue;
                 }
             }
+            // The feed names every coupon stream of the node; only those the pattern takes
+            // are this deployment's, as in a scan.
+            if !glob_matches(self.pattern.as_bytes(), &stream) {
+                continue;
+            }
             if CouponKey::of_events_key(&stream).is_none() {
                 self.note_ignored(&mut found, stream, "not named as a coupon's stream");
                 continue;
@@ -301,9 +306,72 @@ impl Discovery {
     }
 }
 
+/// Whether `key` matches the glob `pattern` as Redis' `SCAN … MATCH` does: `*`, `?`,
+/// `[abc]`, `[a-z]`, `[^…]` and `\` escapes.
+pub fn glob_matches(pattern: &[u8], key: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => key.is_empty(),
+        Some((b'*', rest)) => (0..=key.len()).any(|at| glob_matches(rest, &key[at..])),
+        Some((b'?', rest)) => !key.is_empty() && glob_matches(rest, &key[1..]),
+        Some((b'[', rest)) => {
+            let Some((&first, tail)) = key.split_first() else {
+                return false;
+            };
+            let (negate, mut class) = match rest.split_first() {
+                Some((b'^', class)) => (true, class),
+                _ => (false, rest),
+            };
+            let mut hit = false;
+            loop {
+                match class {
+                    [] => return false,
+                    [b']', after @ ..] => {
+                        class = after;
+                        break;
+                    }
+                    [b'\\', c, after @ ..] => {
+                        hit |= *c == first;
+                        class = after;
+                    }
+                    [low, b'-', high, after @ ..] if *high != b']' => {
+                        let (low, high) = if low <= high {
+                            (*low, *high)
+                        } else {
+                            (*high, *low)
+                        };
+                        hit |= (low..=high).contains(&first);
+                        class = after;
+                    }
+                    [c, after @ ..] => {
+                        hit |= *c == first;
+                        class = after;
+                    }
+                }
+            }
+            hit != negate && glob_matches(class, tail)
+        }
+        Some((b'\\', [c, rest @ ..])) => key.first() == Some(c) && glob_matches(rest, &key[1..]),
+        Some((c, rest)) => key.first() == Some(c) && glob_matches(rest, &key[1..]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs_match_as_scan_does() {
+        assert!(glob_matches(b"*:events*", b"sale:events{sale}"));
+        assert!(!glob_matches(b"*:events*", b"sale:holders"));
+        assert!(glob_matches(b"run7:*:events*", b"run7:3:events{run7:3}"));
+        assert!(!glob_matches(b"run7:*:events*", b"run8:3:events{run8:3}"));
+        assert!(glob_matches(b"s?le*", b"sale:events"));
+        assert!(glob_matches(b"[a-c]x", b"bx"));
+        assert!(!glob_matches(b"[^a-c]x", b"bx"));
+        assert!(glob_matches(b"a\\*b", b"a*b"));
+        assert!(!glob_matches(b"a\\*b", b"axb"));
+        assert!(glob_matches(b"*", b""));
+    }
 
     #[test]
     fn deferred_streams_are_dropped_once_known_or_too_old() {

@@ -45,6 +45,14 @@ pub fn run(args: &ReplicaAckArgs) -> bool {
         .arg("replicaof", &format!("127.0.0.1 {}", primary.port()))
         .start();
     wait_for_link(&replica);
+    // After a diskless full sync the primary streams to the replica only once the replica
+    // sent its first REPLCONF ACK (up to a second later): the measured WAITs start after.
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query(&mut primary.connect())
+        .expect("WAIT");
+    assert_eq!(acked, 1, "the replica never acknowledged");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,9 +73,12 @@ pub fn run(args: &ReplicaAckArgs) -> bool {
     runtime.block_on(async {
         let mut connections = Vec::with_capacity(args.connections);
         for _ in 0..args.connections.max(1) {
+            // No response timeout of the connection's own (redis-rs' default is 500 ms): a
+            // WAIT may take its whole timeout.
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
             let connection = primary
                 .client()
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .expect("connect to the primary");
             connections.push(connection);

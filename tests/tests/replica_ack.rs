@@ -3,6 +3,7 @@
 //! retry from a new client waits for the earlier write too.
 
 use coupon_sdk::{Answer, Backend, Coupons, Error, Outcome, ReplicaAck, Restore};
+use coupon_tests::replicas::wait_for_first_ack;
 use coupon_tests::{key_in_slot, on_every_server, Cluster, Flavor, Server};
 use redis::aio::MultiplexedConnection;
 use std::time::{Duration, Instant};
@@ -41,17 +42,6 @@ fn replica_of(master: &Server) -> Server {
     wait_until(|| info_field(master, "replication", "connected_slaves") == "1");
     wait_for_first_ack(master);
     replica
-}
-
-/// After a diskless full sync a primary streams to its replica only once the replica has
-/// sent its first `REPLCONF ACK` (up to a second later): until then a `WAIT` waits for it.
-fn wait_for_first_ack(primary: &Server) {
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(10_000)
-        .query(&mut primary.connect())
-        .expect("WAIT");
-    assert_eq!(acked, 1, "the replica never acknowledged");
 }
 
 fn wait_until(mut ready: impl FnMut() -> bool) {

@@ -45,14 +45,8 @@ pub fn run(args: &ReplicaAckArgs) -> bool {
         .arg("replicaof", &format!("127.0.0.1 {}", primary.port()))
         .start();
     wait_for_link(&replica);
-    // After a diskless full sync the primary streams to the replica only once the replica
-    // sent its first REPLCONF ACK (up to a second later): the measured WAITs start after.
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(10_000)
-        .query(&mut primary.connect())
-        .expect("WAIT");
-    assert_eq!(acked, 1, "the replica never acknowledged");
+    // The measured WAITs start once the replica streams.
+    coupon_tests::replicas::wait_for_first_ack(&primary);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,7 +2,9 @@
 
 use crate::backend::{Backend, Call, Dialect, IssueArgs};
 use crate::keys::{coupon_key, CouponKeys};
-use crate::{Answer, CouponInfo, Error, Outcome, ReplicaAck, Restore, Result, Window};
+use crate::{
+    Answer, CouponInfo, Error, LocalAnswers, Outcome, ReplicaAck, Restore, Result, Window,
+};
 use coupon_layout::{holders_in, revoked_of, LAST_SEQ_FIELD};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, Value};
@@ -55,6 +57,7 @@ pub struct Coupons<C> {
     backend: Backend,
     timeout: Option<Duration>,
     replica_ack: Option<ReplicaAck>,
+    local: Option<LocalAnswers>,
 }
 
 impl<C> std::fmt::Debug for Coupons<C> {
@@ -63,6 +66,7 @@ impl<C> std::fmt::Debug for Coupons<C> {
             .field("backend", &self.backend)
             .field("timeout", &self.timeout)
             .field("replica_ack", &self.replica_ack)
+            .field("local", &self.local)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +110,7 @@ where
             backend,
             timeout: None,
             replica_ack: None,
+            local: None,
         }
     }
 
@@ -164,6 +169,30 @@ where
     pub fn with_replica_ack(&self, ack: ReplicaAck) -> Self {
         Coupons {
             replica_ack: Some(ack),
+            ..self.clone()
+        }
+    }
+
+    /// The same client, answering a hot coupon's rejections itself once the server has sold
+    /// it out: `SoldOut` for users who do not hold it and `AlreadyIssued` for a holder's
+    /// repeat, from a view that Redis' client-side caching keeps exact ([`LocalAnswers`],
+    /// which says what drops the view). Issuing, revoking and restoring always go to the
+    /// server; with replica acknowledgement on, so does every call.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// # use coupon_sdk::*;
+    /// # let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// # let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?).await?;
+    /// let coupons = coupons.with_local_answers(LocalAnswers::connect("redis://127.0.0.1/").await?);
+    /// // After the sell-out, this is answered without a round trip:
+    /// assert_eq!(coupons.issue("sale", "late-user", 1).await?, Outcome::SoldOut);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_local_answers(&self, local: LocalAnswers) -> Self {
+        Coupons {
+            local: Some(local),
             ..self.clone()
         }
     }
@@ -237,6 +266,10 @@ where
             ));
         }
         coupon_key(coupon)?;
+        let local = self.local.as_ref().filter(|_| self.replica_ack.is_none());
+        if let Some(answer) = local.and_then(|local| local.answer(coupon, user, limit, window)) {
+            return Ok(answer);
+        }
         let args = IssueArgs {
             coupon,
             user,
@@ -255,6 +288,9 @@ where
             other => return Err(Error::UnexpectedReply(format!("unknown status {other:?}"))),
         };
         self.confirmed(acked, || Answer::Issue { outcome })?;
+        if let Some(local) = local {
+            local.learn(coupon, &outcome);
+        }
         Ok(outcome)
     }
 
@@ -275,9 +311,12 @@ where
     pub async fn revoke(&self, coupon: impl AsRef<[u8]>, user: impl AsRef<[u8]>) -> Result<bool> {
         let (coupon, user) = (coupon.as_ref(), non_empty(user.as_ref())?);
         coupon_key(coupon)?;
-        let (revoked, acked): (i64, _) = self
-            .send(coupon, self.backend.revoke(coupon, user)?)
-            .await?;
+        // The stock comes back: this process stops answering SoldOut at once, and again after
+        // the reply in case a fill read the coupon in between.
+        self.forget_locally(coupon);
+        let sent = self.send(coupon, self.backend.revoke(coupon, user)?).await;
+        self.forget_locally(coupon);
+        let (revoked, acked): (i64, _) = sent?;
         let revoked = revoked == 1;
         self.confirmed(acked, || Answer::Revoke { revoked })?;
         Ok(revoked)
@@ -352,9 +391,12 @@ where
             pairs.chunks(RESTORE_CHUNK).collect()
         };
         for chunk in chunks {
-            let (replies, acked): (Vec<Value>, _) = self
+            self.forget_locally(coupon);
+            let sent = self
                 .send(coupon, self.backend.restore(coupon, floor, chunk)?)
-                .await?;
+                .await;
+            self.forget_locally(coupon);
+            let (replies, acked): (Vec<Value>, _) = sent?;
             if replies.len() != chunk.len() {
                 return Err(Error::UnexpectedReply(format!(
                     "{} answers to {} pairs",
@@ -427,6 +469,12 @@ where
             last_seq,
             events,
         })
+    }
+
+    fn forget_locally(&self, coupon: &[u8]) {
+        if let Some(local) = &self.local {
+            local.forget(coupon);
+        }
     }
 
     /// Sends a write, followed by `WAIT` when replica acknowledgement is on: its answer and

@@ -42,6 +42,7 @@ mod client;
 mod cluster;
 mod error;
 mod keys;
+mod local;
 mod outcome;
 
 pub use backend::Backend;
@@ -49,6 +50,9 @@ pub use client::{Coupons, ACK_CHANNEL_SUFFIX};
 pub use cluster::{Cluster, ClusterRetry, DEFAULT_MAX_IN_FLIGHT};
 pub use error::{Error, Result};
 pub use keys::CouponKeys;
+pub use local::{
+    LocalAnswers, LocalOptions, LocalStats, DEFAULT_CLOCK_MARGIN, DEFAULT_MAX_HOLDERS,
+};
 pub use outcome::{Answer, CouponInfo, Outcome, ReplicaAck, Restore, Window};
 
 /// The Lua script of the [`Backend::Script`] backend, for inspection or preloading with

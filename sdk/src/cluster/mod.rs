@@ -13,6 +13,7 @@ use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -60,6 +61,9 @@ pub struct Cluster {
     connection: ClusterConnection,
     retry: ClusterRetry,
     in_flight: Arc<Semaphore>,
+    /// Redirects and retries followed so far (`-MOVED`, `-ASK`, `-TRYAGAIN`, …): each may
+    /// mean a slot moved, which [`LocalAnswers`](crate::LocalAnswers) must know.
+    redirects: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -89,6 +93,7 @@ impl Cluster {
             connection,
             retry: ClusterRetry::default(),
             in_flight: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
+            redirects: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -117,6 +122,10 @@ impl Cluster {
 
     pub fn retry(&self) -> ClusterRetry {
         self.retry
+    }
+
+    pub(crate) fn redirects(&self) -> Arc<AtomicU64> {
+        self.redirects.clone()
     }
 
     async fn command(&self, command: &Cmd) -> RedisResult<Value> {
@@ -182,6 +191,9 @@ impl Cluster {
         can_ask: bool,
     ) -> RedisResult<Route> {
         let next = Next::after(&error);
+        if next != Next::Answer {
+            self.redirects.fetch_add(1, Ordering::AcqRel);
+        }
         if next == Next::Answer || *retries >= self.retry.retries() {
             return Err(error);
         }

@@ -27,6 +27,13 @@ fn the_quickstart_sells_out_and_proves_it() {
         out.contains("holders in Redis 200 = rows in the database 200 = stock 200"),
         "{out}"
     );
+    // After the sell-out the SDK answers most clicks itself, and says how many.
+    let local: u64 = out
+        .lines()
+        .find_map(|line| line.strip_prefix("answered by the SDK itself (sold out, repeats): "))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of local answers:\n{out}"));
+    assert!(local > 0, "no click answered locally:\n{out}");
     assert!(
         out.contains("OK: no coupon over-issued, none lost, no user twice"),
         "{out}"

@@ -27,10 +27,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         routes::ceiling(metrics, limits)
     } else {
         let campaigns = Campaigns::load(cli.campaigns.clone(), cli.campaigns_file.as_deref())?;
+        let local_answers = !cli.no_local_answers;
         let redis = if cli.redis_cluster {
-            RedisPool::connect_cluster(&cli.redis_url, limits.redis_timeout).await?
+            RedisPool::connect_cluster(&cli.redis_url, limits.redis_timeout, local_answers).await?
         } else {
-            RedisPool::connect(&cli.redis_url, cli.redis_connections, limits.redis_timeout).await?
+            let connections = cli.redis_connections;
+            RedisPool::connect(
+                &cli.redis_url,
+                connections,
+                limits.redis_timeout,
+                local_answers,
+            )
+            .await?
         };
         for campaign in campaigns.iter() {
             tracing::info!(coupon = %campaign.coupon, stock = campaign.stock, window = ?campaign.window, "selling");

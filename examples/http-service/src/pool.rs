@@ -3,7 +3,7 @@
 //! request shares.
 
 use anyhow::Context;
-use coupon_sdk::{Backend, Cluster, Coupons};
+use coupon_sdk::{Backend, Cluster, Coupons, LocalAnswers};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -50,12 +50,20 @@ impl ConnectionLike for Store {
 pub struct RedisPool {
     clients: Vec<Coupons<Store>>,
     next: AtomicUsize,
+    local: Option<LocalAnswers>,
 }
 
 impl RedisPool {
     /// Opens `count` connections and asks the server once which backend it supports. Fails if
     /// Redis does not answer: a service that cannot reach its store at start is misconfigured.
-    pub async fn connect(url: &str, count: usize, timeout: Duration) -> anyhow::Result<Self> {
+    /// With `local_answers`, the clients share one [`LocalAnswers`] over a tracking
+    /// connection of its own.
+    pub async fn connect(
+        url: &str,
+        count: usize,
+        timeout: Duration,
+        local_answers: bool,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url).context("the Redis URL")?;
         // A connection that drops is replaced in the background; calls made meanwhile fail
         // fast (503) instead of queueing behind a long backoff. No response timeout here:
@@ -73,27 +81,53 @@ impl RedisPool {
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             connections.push(Store::Server(connection));
         }
-        Self::over(connections, url, timeout).await
+        let local = match local_answers {
+            true => Some(
+                LocalAnswers::connect(url)
+                    .await
+                    .with_context(|| format!("cannot track coupons on {url} (RESP3)"))?,
+            ),
+            false => None,
+        };
+        Self::over(connections, url, timeout, local).await
     }
 
     /// Opens one connection to the Redis Cluster that `nodes` (comma-separated URLs) belong
     /// to, for every request to share: the SDK's `Cluster` follows `-ASK` and retries
     /// `-TRYAGAIN` itself, so requests keep being answered through a resharding.
-    pub async fn connect_cluster(nodes: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub async fn connect_cluster(
+        nodes: &str,
+        timeout: Duration,
+        local_answers: bool,
+    ) -> anyhow::Result<Self> {
         let urls: Vec<&str> = nodes.split(',').map(str::trim).collect();
         if urls.iter().any(|url| url.is_empty()) {
             anyhow::bail!("the Redis Cluster URLs {nodes:?} name an empty node");
         }
         // No response timeout here either: each call has the SDK's.
-        let builder = ClusterClientBuilder::new(urls).connection_timeout(connect_timeout(timeout));
+        let builder =
+            ClusterClientBuilder::new(urls.clone()).connection_timeout(connect_timeout(timeout));
         let cluster = Cluster::connect_with(builder)
             .await
             .with_context(|| format!("cannot connect to the Redis Cluster at {nodes}"))?;
-        Self::over(vec![Store::Cluster(cluster)], nodes, timeout).await
+        let local = match local_answers {
+            true => Some(
+                LocalAnswers::connect_cluster(&cluster, urls)
+                    .await
+                    .with_context(|| format!("cannot track coupons on {nodes} (RESP3)"))?,
+            ),
+            false => None,
+        };
+        Self::over(vec![Store::Cluster(cluster)], nodes, timeout, local).await
     }
 
     /// Asks Redis once which backend it supports, then uses it on every connection.
-    async fn over(connections: Vec<Store>, url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    async fn over(
+        connections: Vec<Store>,
+        url: &str,
+        timeout: Duration,
+        local: Option<LocalAnswers>,
+    ) -> anyhow::Result<Self> {
         let mut clients = Vec::with_capacity(connections.len());
         let mut backend = None;
         for connection in connections {
@@ -104,6 +138,10 @@ impl RedisPool {
                     .with_context(|| format!("cannot ask {url} for the coupon module"))?,
             };
             backend = Some(coupons.backend());
+            let coupons = match &local {
+                Some(local) => coupons.with_local_answers(local.clone()),
+                None => coupons,
+            };
             clients.push(coupons.with_timeout(timeout));
         }
         if backend == Some(Backend::Script) {
@@ -114,6 +152,7 @@ impl RedisPool {
         Ok(RedisPool {
             clients,
             next: AtomicUsize::new(0),
+            local,
         })
     }
 
@@ -121,6 +160,11 @@ impl RedisPool {
     pub fn pick(&self) -> &Coupons<Store> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         &self.clients[i]
+    }
+
+    /// The local answers the clients share, if they are on.
+    pub fn local_answers(&self) -> Option<&LocalAnswers> {
+        self.local.as_ref()
     }
 
     /// Whether Redis answers a coupon read in time (for `/healthz`).

@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use coupon_layout::holders_in;
-use coupon_sdk::{Backend, Coupons};
+use coupon_sdk::{Backend, Coupons, LocalAnswers, LocalStats};
 use coupon_tests::load::{drive, scramble, LoadReport, Tally};
 use coupon_tests::{events_key, key_in_slot, query_rows, Cluster, Flavor, Persister, Server};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,6 +42,9 @@ struct Args {
     /// `--stock`) on each primary through the SDK's cluster client, and prove each.
     #[arg(long, conflicts_with = "redis_url")]
     cluster: bool,
+    /// Send every click to Redis: no local answers of sold-out clicks and repeats.
+    #[arg(long)]
+    no_local_answers: bool,
 }
 
 fn main() -> ExitCode {
@@ -175,24 +178,36 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (report, tally, attempts) = runtime.block_on(async {
+    let (report, tally, attempts, local) = runtime.block_on(async {
         match &target {
             Target::One { url, .. } => {
                 let client = redis::Client::open(url.as_str())?;
+                let local = match args.no_local_answers {
+                    false => Some(LocalAnswers::connect(url.as_str()).await?),
+                    true => None,
+                };
                 let mut clients = Vec::new();
                 for _ in 0..args.connections.max(1) {
-                    clients.push(Coupons::with_backend(
+                    let coupons = Coupons::with_backend(
                         client.get_multiplexed_async_connection().await?,
                         Backend::Module,
-                    ));
+                    );
+                    clients.push(answering_locally(coupons, &local));
                 }
-                Ok::<_, Box<dyn std::error::Error>>(race(args, clients, &coupons).await)
+                let (report, tally, attempts) = race(args, clients, &coupons).await;
+                Ok::<_, Box<dyn std::error::Error>>((report, tally, attempts, local))
             }
             Target::Cluster(cluster) => {
                 // Every task shares one cluster connection, as a service would.
                 let shared = coupon_sdk::Cluster::connect(cluster.urls()).await?;
-                let clients = vec![Coupons::with_backend(shared, Backend::Module)];
-                Ok(race(args, clients, &coupons).await)
+                let local = match args.no_local_answers {
+                    false => Some(LocalAnswers::connect_cluster(&shared, cluster.urls()).await?),
+                    true => None,
+                };
+                let coupons_on = Coupons::with_backend(shared, Backend::Module);
+                let clients = vec![answering_locally(coupons_on, &local)];
+                let (report, tally, attempts) = race(args, clients, &coupons).await;
+                Ok((report, tally, attempts, local))
             }
         }
     })?;
@@ -218,6 +233,17 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     for (outcome, count) in tally.iter() {
         println!("  {outcome:<30} {count:>8}");
     }
+    match local.as_ref().map(LocalAnswers::stats) {
+        Some(LocalStats {
+            answered_locally,
+            sent_to_server,
+            ..
+        }) => println!(
+            "answered by the SDK itself (sold out, repeats): {answered_locally} of {attempts} \
+             clicks; sent to Redis: {sent_to_server}"
+        ),
+        None => println!("every click went to Redis (--no-local-answers)"),
+    }
 
     let mut conn = target.connection()?;
     let mut proven = true;
@@ -242,6 +268,16 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         );
     }
     Ok(proven && stopped)
+}
+
+fn answering_locally<C>(coupons: Coupons<C>, local: &Option<LocalAnswers>) -> Coupons<C>
+where
+    C: ConnectionLike + Clone + Send + Sync,
+{
+    match local {
+        Some(local) => coupons.with_local_answers(local.clone()),
+        None => coupons,
+    }
 }
 
 /// The sale: every user clicks once, a third of them twice, a ninth three times, in a

@@ -53,6 +53,13 @@ pub struct Cli {
     #[arg(long, env = "COUPON_HTTP_REDIS_CLUSTER")]
     pub redis_cluster: bool,
 
+    /// Answer every click on a sold-out coupon with Redis' server-assisted client-side
+    /// caching instead: sold-out clicks and holders' repeats are answered from a view the
+    /// service keeps of the coupon (exact up to one invalidation), so after the sell-out Redis
+    /// sees almost only revokes. This turns that off: every click goes to Redis.
+    #[arg(long, env = "COUPON_HTTP_NO_LOCAL_ANSWERS")]
+    pub no_local_answers: bool,
+
     /// How long one Redis call may take before the request gives up on it. It counts from
     /// the call to the answer being read, so on a saturated service it includes waiting for a
     /// worker thread: a spike of thousands of connections on two cores needs far more than

@@ -3,7 +3,8 @@
 use crate::backend::{Backend, Call, Dialect, IssueArgs};
 use crate::keys::{coupon_key, CouponKeys};
 use crate::{
-    Answer, CouponInfo, Error, LocalAnswers, Outcome, ReplicaAck, Restore, Result, Window,
+    Answer, Answered, AnsweredBy, CouponInfo, Error, LocalAnswers, Outcome, ReplicaAck, Restore,
+    Result, Window,
 };
 use coupon_layout::{holders_in, revoked_of, LAST_SEQ_FIELD};
 use redis::aio::ConnectionLike;
@@ -214,6 +215,32 @@ where
     ) -> Result<Outcome> {
         self.issue_with(coupon.as_ref(), user.as_ref(), limit, None)
             .await
+            .map(|answered| answered.outcome)
+    }
+
+    /// Like [`issue`](Self::issue), also telling whether the answer came from the server or
+    /// from [`LocalAnswers`] (for a service's own metrics).
+    ///
+    /// ```no_run
+    /// # async fn run() -> coupon_sdk::Result<()> {
+    /// # use coupon_sdk::*;
+    /// # let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// # let coupons = Coupons::connect(client.get_multiplexed_async_connection().await?).await?;
+    /// let answered = coupons.issue_answered("sale", "alice", 100).await?;
+    /// if answered.by == AnsweredBy::Locally {
+    ///     println!("{:?}, without a round trip", answered.outcome);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn issue_answered(
+        &self,
+        coupon: impl AsRef<[u8]>,
+        user: impl AsRef<[u8]>,
+        limit: u64,
+    ) -> Result<Answered> {
+        self.issue_with(coupon.as_ref(), user.as_ref(), limit, None)
+            .await
     }
 
     /// Like [`issue`](Self::issue), and only while `window` is open by the server's clock.
@@ -250,6 +277,7 @@ where
         let window = Some((window.start_ms, window.end_ms));
         self.issue_with(coupon.as_ref(), user.as_ref(), limit, window)
             .await
+            .map(|answered| answered.outcome)
     }
 
     async fn issue_with(
@@ -258,7 +286,7 @@ where
         user: &[u8],
         limit: u64,
         window: Option<(u64, u64)>,
-    ) -> Result<Outcome> {
+    ) -> Result<Answered> {
         let user = non_empty(user)?;
         if limit > i64::MAX as u64 {
             return Err(Error::InvalidInput(
@@ -267,8 +295,15 @@ where
         }
         coupon_key(coupon)?;
         let local = self.local.as_ref().filter(|_| self.replica_ack.is_none());
-        if let Some(answer) = local.and_then(|local| local.answer(coupon, user, limit, window)) {
-            return Ok(answer);
+        let answered_locally = match local {
+            Some(local) => local.answer(coupon, user, limit, window).await,
+            None => None,
+        };
+        if let Some(outcome) = answered_locally {
+            return Ok(Answered {
+                outcome,
+                by: AnsweredBy::Locally,
+            });
         }
         let args = IssueArgs {
             coupon,
@@ -276,7 +311,7 @@ where
             limit,
             window,
         };
-        let ((status, seq, _holders), acked): ((String, Option<u64>, u64), _) =
+        let ((status, seq, holders), acked): ((String, Option<u64>, u64), _) =
             self.send(coupon, self.backend.issue(&args)?).await?;
         let seq = || seq.ok_or_else(|| Error::UnexpectedReply(format!("{status} without a seq")));
         let outcome = match status.as_str() {
@@ -289,9 +324,12 @@ where
         };
         self.confirmed(acked, || Answer::Issue { outcome })?;
         if let Some(local) = local {
-            local.learn(coupon, &outcome);
+            local.learn(coupon, &outcome, holders, limit);
         }
-        Ok(outcome)
+        Ok(Answered {
+            outcome,
+            by: AnsweredBy::Server,
+        })
     }
 
     /// Takes the coupon back from `user`: `true` if they held it (the stock returns; the seq

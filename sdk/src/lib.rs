@@ -52,8 +52,9 @@ pub use error::{Error, Result};
 pub use keys::CouponKeys;
 pub use local::{
     LocalAnswers, LocalOptions, LocalStats, DEFAULT_CLOCK_MARGIN, DEFAULT_MAX_HOLDERS,
+    DEFAULT_MAX_WAIT,
 };
-pub use outcome::{Answer, CouponInfo, Outcome, ReplicaAck, Restore, Window};
+pub use outcome::{Answer, Answered, AnsweredBy, CouponInfo, Outcome, ReplicaAck, Restore, Window};
 
 /// The Lua script of the [`Backend::Script`] backend, for inspection or preloading with
 /// `SCRIPT LOAD`.

@@ -35,6 +35,23 @@ impl Outcome {
     }
 }
 
+/// An issue's outcome and who gave it ([`Coupons::issue_answered`](crate::Coupons::issue_answered)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Answered {
+    pub outcome: Outcome,
+    pub by: AnsweredBy,
+}
+
+/// Who answered an issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnsweredBy {
+    /// The server ran the command.
+    Server,
+    /// [`LocalAnswers`](crate::LocalAnswers) answered from its view; nothing was sent.
+    Locally,
+}
+
 /// What [`Coupons::restore`](crate::Coupons::restore) answered for one `(user, seq)` pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

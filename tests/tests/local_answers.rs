@@ -6,7 +6,7 @@
 //! fill against an invalidation is forced with the install-delay hook.
 
 use coupon_layout::{hash_slot, CouponKey};
-use coupon_sdk::{Backend, Coupons, LocalAnswers, LocalOptions, Outcome, Window};
+use coupon_sdk::{AnsweredBy, Backend, Coupons, LocalAnswers, LocalOptions, Outcome, Window};
 use coupon_tests::figures::command_stats;
 use coupon_tests::{key_in_slot, on_every_server, Cluster, Flavor, Server};
 use redis::aio::MultiplexedConnection;
@@ -387,15 +387,20 @@ fn losing_tracking_drops_the_view(flavor: Flavor) {
             );
             tokio::task::yield_now().await;
         }
-        let (calls, _) = command_stats(&mut conn, "coupon.issue");
-        assert_eq!(
-            coupons.issue(coupon, "after-kill", limit).await.unwrap(),
-            Outcome::SoldOut
-        );
-        assert_eq!(
-            command_stats(&mut conn, "coupon.issue").0,
-            calls + 1,
-            "answered by the server"
+        // The next click is answered from a fresh view, read on a new tracking connection.
+        let fills = local.stats().fills_installed;
+        let answered = coupons
+            .issue_answered(coupon, "after-kill", limit)
+            .await
+            .unwrap();
+        assert_eq!(answered.outcome, Outcome::SoldOut);
+        if answered.by == AnsweredBy::Locally {
+            assert_eq!(local.stats().fills_installed, fills + 1, "no fresh view");
+        }
+        let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+        assert!(
+            !clients.contains(&format!("id={} ", tracking[0])),
+            "{clients}"
         );
 
         // A new tracking connection, a current view again; then a flush drops it.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracking::{ClockSample, Tracking};
-use view::{ServerClock, Views};
+use view::{Fill, ServerClock, Step, Views};
 
 /// Views of at most this many holders by default; a larger coupon is always asked.
 pub const DEFAULT_MAX_HOLDERS: u64 = 100_000;
@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_HOLDERS: u64 = 100_000;
 /// How far the server's clock may have drifted from the last measurement by default: a
 /// window is answered locally only this far (plus half a round trip) from its edges.
 pub const DEFAULT_CLOCK_MARGIN: Duration = Duration::from_millis(250);
+
+/// How long a click waits for a view by default: a fill is one round trip.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(20);
 
 /// Answers a hot coupon's rejections in this process, kept exact by server-assisted
 /// client-side caching: give it to [`Coupons::with_local_answers`](crate::Coupons::with_local_answers).
@@ -80,6 +83,10 @@ pub struct LocalOptions {
     pub max_holders: u64,
     /// See [`DEFAULT_CLOCK_MARGIN`].
     pub clock_margin: Duration,
+    /// How long a click may wait for a view being filled (or for the clicks let through
+    /// to take the stock a view shows) before it goes to the server. Default
+    /// [`DEFAULT_MAX_WAIT`].
+    pub max_wait: Duration,
     /// For tests: how long a fill waits between its reply and installing the view.
     #[doc(hidden)]
     pub install_delay: Duration,
@@ -90,6 +97,7 @@ impl Default for LocalOptions {
         LocalOptions {
             max_holders: DEFAULT_MAX_HOLDERS,
             clock_margin: DEFAULT_CLOCK_MARGIN,
+            max_wait: DEFAULT_MAX_WAIT,
             install_delay: Duration::ZERO,
         }
     }
@@ -205,25 +213,43 @@ impl LocalAnswers {
         }
     }
 
-    /// The answer the server would give, if the view is current and can tell.
-    pub(crate) fn answer(
+    /// The answer the server would give, if a current view can tell — waiting (at most
+    /// `max_wait`) for a fill in flight, or for the clicks already let through to take the
+    /// stock a view shows, rather than sending every click to the server meanwhile.
+    pub(crate) async fn answer(
         &self,
         coupon: &[u8],
         user: &[u8],
         limit: u64,
         window: Option<(u64, u64)>,
     ) -> Option<Outcome> {
-        let clock = window.map(|_| self.server_clock());
-        let answer = {
-            let mut views = self.views();
-            views.notice_redirects(self.redirects());
-            views.current(coupon).and_then(|holders| {
-                let clock = clock.unwrap_or(ServerClock {
-                    earliest_ms: 0,
-                    latest_ms: 0,
-                });
-                view::answer(holders, user, limit, window, clock)
-            })
+        let deadline = tokio::time::Instant::now() + self.shared.options.max_wait;
+        let clock = match window {
+            Some(_) => self.server_clock(),
+            None => ServerClock {
+                earliest_ms: 0,
+                latest_ms: 0,
+            },
+        };
+        let answer = loop {
+            let step = self
+                .views()
+                .next_step(coupon, user, limit, window, clock, self.redirects());
+            let mut changed = match step {
+                Step::Answer(outcome) => break Some(outcome),
+                Step::Server => break None,
+                Step::Wait(changed) => changed,
+                Step::Fill(fill, changed) => {
+                    self.spawn_fill(coupon, fill);
+                    changed
+                }
+            };
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                break None;
+            }
         };
         let counter = match answer {
             Some(_) => &self.shared.counters.answered_locally,
@@ -233,52 +259,59 @@ impl LocalAnswers {
         answer
     }
 
-    /// Takes note of the server's answer: a rejection makes the coupon worth a view.
-    pub(crate) fn learn(&self, coupon: &[u8], outcome: &Outcome) {
-        if matches!(
-            outcome,
-            Outcome::SoldOut | Outcome::NotStarted | Outcome::Ended
-        ) {
-            let Some(fill) = self.views().begin_fill(coupon, self.redirects()) else {
-                return;
-            };
-            self.shared
-                .counters
-                .fills_started
-                .fetch_add(1, Ordering::Relaxed);
-            let (local, coupon) = (self.clone(), coupon.to_vec());
-            tokio::spawn(async move {
-                let read = local
-                    .shared
-                    .tracking
-                    .read_holders(&coupon, local.shared.options.max_holders)
-                    .await;
-                let delay = local.shared.options.install_delay;
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                let holders = match read {
-                    Ok(read) => {
-                        *local
-                            .shared
-                            .clock
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = read.clock;
-                        read.holders
-                    }
-                    Err(_) => None,
-                };
-                let mut views = local.views();
-                views.notice_redirects(local.redirects());
-                if views.install(&coupon, fill, holders) {
-                    local
-                        .shared
-                        .counters
-                        .fills_installed
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            });
+    /// Takes note of the server's answer and the holder count it came with: a coupon it left
+    /// sold out (or outside its window) gets a view, if it has at most `max_holders`.
+    pub(crate) fn learn(&self, coupon: &[u8], outcome: &Outcome, holders: u64, limit: u64) {
+        if holders > self.shared.options.max_holders {
+            return;
         }
+        let fill = self
+            .views()
+            .learn(coupon, outcome, holders, limit, self.redirects());
+        if let Some(fill) = fill {
+            self.spawn_fill(coupon, fill);
+        }
+    }
+
+    /// Reads the coupon on its tracking connection and installs the view, unless anything
+    /// invalidated it meanwhile.
+    fn spawn_fill(&self, coupon: &[u8], fill: Fill) {
+        self.shared
+            .counters
+            .fills_started
+            .fetch_add(1, Ordering::Relaxed);
+        let (local, coupon) = (self.clone(), coupon.to_vec());
+        tokio::spawn(async move {
+            let options = &local.shared.options;
+            let read = local
+                .shared
+                .tracking
+                .read_holders(&coupon, options.max_holders)
+                .await;
+            if !options.install_delay.is_zero() {
+                tokio::time::sleep(options.install_delay).await;
+            }
+            let holders = match read {
+                Ok(read) => {
+                    *local
+                        .shared
+                        .clock
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = read.clock;
+                    read.holders
+                }
+                Err(_) => None,
+            };
+            let mut views = local.views();
+            views.notice_redirects(local.redirects());
+            if views.install(&coupon, fill, holders) {
+                local
+                    .shared
+                    .counters
+                    .fills_installed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        });
     }
 
     /// Drops the coupon's view: this client is about to change it (or just did).

@@ -6,7 +6,7 @@
 use super::view::{Holders, Views};
 use super::Counters;
 use crate::{Error, Result};
-use coupon_layout::{holders_in, LAST_SEQ_FIELD};
+use coupon_layout::LAST_SEQ_FIELD;
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ErrorKind, ProtocolVersion, PushInfo,
@@ -79,9 +79,8 @@ impl Tracking {
         self.connection(seed).await.map(drop)
     }
 
-    /// Reads `coupon`'s holders on the node that has it, tracked: `HLEN` first (so a coupon
-    /// with more than `max_holders` is not fetched), then `HGETALL`, each with the server's
-    /// `TIME`.
+    /// Reads `coupon`'s holders on the node that has it, tracked: `HGETALL` with the server's
+    /// `TIME`, in one round trip.
     pub async fn read_holders(&self, coupon: &[u8], max_holders: u64) -> Result<Read> {
         let slot = coupon_layout::hash_slot(coupon);
         let mut hops = 0;
@@ -133,9 +132,11 @@ impl Tracking {
         let mut connection = self.connection(node).await?.connection;
         let sent = Instant::now();
         let sent_at = unix_ms(SystemTime::now());
+        // One round trip: the reply that triggered the fill said the coupon is small enough;
+        // the count is checked again on what arrives.
         let mut pipe = redis::pipe();
-        pipe.cmd("TIME").cmd("HLEN").arg(coupon);
-        let ((seconds, micros), fields): ((u64, u64), u64) =
+        pipe.cmd("TIME").cmd("HGETALL").arg(coupon);
+        let ((seconds, micros), fields): ((u64, u64), Value) =
             within(pipe.query_async(&mut connection)).await?;
         let half_trip = sent.elapsed().as_millis() as u64 / 2;
         let server_ms = seconds * 1_000 + micros / 1_000;
@@ -143,18 +144,10 @@ impl Tracking {
             offset_ms: server_ms as i64 - (sent_at + half_trip) as i64,
             uncertainty_ms: half_trip + 1,
         };
-        if holders_in(fields) > max_holders {
-            return Ok(Read {
-                clock,
-                holders: None,
-            });
-        }
-        let mut command = redis::cmd("HGETALL");
-        command.arg(coupon);
-        let fields: Value = within(command.query_async(&mut connection)).await?;
+        let holders = holders_of(fields)?;
         Ok(Read {
             clock,
-            holders: Some(holders_of(fields)?),
+            holders: (holders.count() <= max_holders).then_some(holders),
         })
     }
 

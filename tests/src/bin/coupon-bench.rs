@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 mod cluster;
 #[path = "coupon-bench/lag.rs"]
 mod lag;
+#[path = "coupon-bench/local.rs"]
+mod local;
 #[path = "coupon-bench/replica_ack.rs"]
 mod replica_ack;
 
@@ -95,6 +97,9 @@ enum Mode {
     /// Issuing with replica acknowledgement (WAIT 1) against without, on a primary with one
     /// replica that it starts itself.
     ReplicaAck(replica_ack::ReplicaAckArgs),
+    /// A national drop on one coupon through the SDK, with and without local answers
+    /// (sell-out, then revokes at several rates).
+    Local(local::LocalArgs),
 }
 
 fn main() {
@@ -103,6 +108,7 @@ fn main() {
         Some(Mode::Http(spike)) => Some(coupon_tests::http::spike::run(spike)),
         Some(Mode::Cluster(sale)) => Some(cluster::run(sale)),
         Some(Mode::ReplicaAck(ack)) => Some(replica_ack::run(ack)),
+        Some(Mode::Local(drop)) => Some(local::run(drop)),
         None => None,
     };
     if let Some(proven) = proven {

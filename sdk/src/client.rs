@@ -299,11 +299,12 @@ where
             Some(local) => local.answer(coupon, user, limit, window).await,
             None => None,
         };
-        if let Some(outcome) = answered_locally {
-            return Ok(Answered {
-                outcome,
-                by: AnsweredBy::Locally,
-            });
+        if let Some((outcome, waited)) = answered_locally {
+            let by = match waited {
+                false => AnsweredBy::Locally,
+                true => AnsweredBy::AfterFill,
+            };
+            return Ok(Answered { outcome, by });
         }
         let args = IssueArgs {
             coupon,

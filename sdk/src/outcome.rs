@@ -48,8 +48,11 @@ pub struct Answered {
 pub enum AnsweredBy {
     /// The server ran the command.
     Server,
-    /// [`LocalAnswers`](crate::LocalAnswers) answered from its view; nothing was sent.
+    /// [`LocalAnswers`](crate::LocalAnswers) answered from a current view; nothing was sent.
     Locally,
+    /// [`LocalAnswers`](crate::LocalAnswers) answered from a view this call waited for (a
+    /// fill of the coupon, one round trip); the call itself sent nothing.
+    AfterFill,
 }
 
 /// What [`Coupons::restore`](crate::Coupons::restore) answered for one `(user, seq)` pair.

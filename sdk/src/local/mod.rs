@@ -132,8 +132,9 @@ impl LocalOptions {
 /// What [`LocalAnswers`] has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalStats {
-    /// Clicks answered in this process.
+    /// Clicks answered in this process, and how many of them waited for a fill first.
     pub answered_locally: u64,
+    pub answered_after_fill: u64,
     /// Clicks sent to the server (no current view, or one that could not tell).
     pub sent_to_server: u64,
     /// Fills started, and those that ended with a current view.
@@ -148,6 +149,7 @@ pub struct LocalStats {
 #[derive(Default)]
 pub(crate) struct Counters {
     answered_locally: AtomicU64,
+    answered_after_fill: AtomicU64,
     sent_to_server: AtomicU64,
     fills_started: AtomicU64,
     fills_installed: AtomicU64,
@@ -205,6 +207,7 @@ impl LocalAnswers {
         let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         LocalStats {
             answered_locally: count(&counters.answered_locally),
+            answered_after_fill: count(&counters.answered_after_fill),
             sent_to_server: count(&counters.sent_to_server),
             fills: count(&counters.fills_started),
             fills_installed: count(&counters.fills_installed),
@@ -222,8 +225,9 @@ impl LocalAnswers {
         user: &[u8],
         limit: u64,
         window: Option<(u64, u64)>,
-    ) -> Option<Outcome> {
+    ) -> Option<(Outcome, bool)> {
         let deadline = tokio::time::Instant::now() + self.shared.options.max_wait;
+        let mut waited = false;
         let clock = match window {
             Some(_) => self.server_clock(),
             None => ServerClock {
@@ -236,7 +240,7 @@ impl LocalAnswers {
                 .views()
                 .next_step(coupon, user, limit, window, clock, self.redirects());
             let mut changed = match step {
-                Step::Answer(outcome) => break Some(outcome),
+                Step::Answer(outcome) => break Some((outcome, waited)),
                 Step::Server => break None,
                 Step::Wait(changed) => changed,
                 Step::Fill(fill, changed) => {
@@ -244,6 +248,7 @@ impl LocalAnswers {
                     changed
                 }
             };
+            waited = true;
             if tokio::time::timeout_at(deadline, changed.changed())
                 .await
                 .is_err()
@@ -251,6 +256,10 @@ impl LocalAnswers {
                 break None;
             }
         };
+        if let Some((_, true)) = answer {
+            let counters = &self.shared.counters;
+            counters.answered_after_fill.fetch_add(1, Ordering::Relaxed);
+        }
         let counter = match answer {
             Some(_) => &self.shared.counters.answered_locally,
             None => &self.shared.counters.sent_to_server,

@@ -82,7 +82,16 @@ pub fn run(args: &SpikeArgs) -> bool {
 
     let redis_pid = redis_pid(&server);
     let (spike, spike_cpu) = measured(&wrk, &url, service.pid(), redis_pid);
+    // The same spike once more against the sold-out coupon: by the service as it runs
+    // (local answers), then by one sending every click to Redis.
+    let sold_out = sold_out_run(&wrk, &url, &server, service.pid(), redis_pid);
     let stopped = service.terminate(Duration::from_secs(30));
+    let mut every_click_args = service_args.clone();
+    every_click_args.push("--no-local-answers");
+    let every_click_service = HttpService::start_on(port, &every_click_args)
+        .unwrap_or_else(|log| panic!("the service did not start again on port {port}:\n{log}"));
+    let every_click = sold_out_run(&wrk, &url, &server, every_click_service.pid(), redis_pid);
+    drop(every_click_service);
     let mut ceiling_args = vec!["--ceiling"];
     ceiling_args.extend(threads_flag(&threads));
     let ceiling_service = HttpService::start_on(port, &ceiling_args)
@@ -109,6 +118,20 @@ pub fn run(args: &SpikeArgs) -> bool {
         SEEDS_P99_MS / spike.latency_ms("p99")
     );
     println!("answers: {}", spike.answers());
+    println!("\nthe same spike against the sold-out coupon:");
+    for (name, (run, cpu, issues)) in [
+        ("local answers (default)", &sold_out),
+        ("--no-local-answers", &every_click),
+    ] {
+        print_row(name, run);
+        println!(
+            "  {:<24} COUPON.ISSUE sent to Redis: {issues} ({:.3}% of requests); CPU per request, µs: service {:.1}, redis-server {:.1}",
+            "",
+            100.0 * *issues as f64 / run.requests.max(1) as f64,
+            cpu.service,
+            cpu.redis
+        );
+    }
 
     let mut ok = true;
     if spike.requests < 200_000 && !args.smoke {
@@ -160,6 +183,21 @@ pub fn run(args: &SpikeArgs) -> bool {
         println!("\nsmoke run: every part ran (figures at these counts mean nothing)");
     }
     ok
+}
+
+/// A spike against a coupon already sold out: the run, its CPU, and the `COUPON.ISSUE`
+/// calls Redis saw meanwhile.
+fn sold_out_run(
+    wrk: &Wrk,
+    url: &str,
+    server: &Server,
+    service: Option<u32>,
+    redis: Option<u32>,
+) -> (LoadRun, CpuPerRequest, u64) {
+    let issues = || crate::figures::command_stats(&mut server.connect(), "coupon.issue").0;
+    let before = issues();
+    let (run, cpu) = measured(wrk, url, service, redis);
+    (run, cpu, issues() - before)
 }
 
 /// CPU time each process spent per request during a run, in µs.

@@ -43,6 +43,9 @@ struct Round {
     commands: u64,
     cpu_seconds: f64,
     local: Histogram<u64>,
+    /// Local answers from a view that was current, and from one the click waited for.
+    current: Histogram<u64>,
+    after_fill: Histogram<u64>,
     server: Histogram<u64>,
     first_local: Option<Duration>,
     back_to_current: Histogram<u64>,
@@ -72,7 +75,7 @@ pub fn run(args: &LocalArgs) -> bool {
         args.in_flight, args.connections
     );
     println!(
-        "| revokes/s | mode | clicks/s | server COUPON.ISSUE/s | share to server | server commands/s | server CPU | local p50 / p99 | server p50 / p99 | sell-out → first local | revoke → current again p50 / max |\n\
+        "| revokes/s | mode | clicks/s | server COUPON.ISSUE/s | share to server | server commands/s | server CPU | local p50 / p99 (from a current view · after waiting for a fill, share) | server p50 / p99 | sell-out → first local | revoke → current again p50 / max |\n\
          |---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut proven = true;
@@ -128,7 +131,7 @@ fn print_row(rate: u64, local: bool, round: &Round) {
         100.0 * round.issue_calls as f64 / round.clicks.max(1) as f64,
         round.commands as f64 / secs,
         100.0 * round.cpu_seconds / secs,
-        quantiles(&round.local),
+        local_quantiles(round, &quantiles),
         quantiles(&round.server),
         round.first_local.map_or("–".to_string(), |d| format!(
             "{:.1} ms",
@@ -138,6 +141,19 @@ fn print_row(rate: u64, local: bool, round: &Round) {
     if round.revokes > 0 {
         eprintln!("({} revokes in the round)", round.revokes);
     }
+}
+
+fn local_quantiles(round: &Round, quantiles: &dyn Fn(&Histogram<u64>) -> String) -> String {
+    if round.local.is_empty() {
+        return "–".to_string();
+    }
+    let waited = 100.0 * round.after_fill.len() as f64 / round.local.len() as f64;
+    format!(
+        "{} ({} · {}, {waited:.2}%)",
+        quantiles(&round.local),
+        quantiles(&round.current),
+        quantiles(&round.after_fill)
+    )
 }
 
 async fn clients(
@@ -266,6 +282,7 @@ async fn round(
             let coupon = coupon.to_string();
             tokio::spawn(async move {
                 let (mut local, mut server, mut clicks) = (histogram(), histogram(), 0u64);
+                let (mut current, mut after_fill) = (histogram(), histogram());
                 let client = &clients[task % clients.len()];
                 while Instant::now() < deadline {
                     let user = format!("user-{}", next_user.fetch_add(1, Ordering::Relaxed));
@@ -276,7 +293,7 @@ async fn round(
                     let micros = sent.elapsed().as_micros() as u64;
                     clicks += 1;
                     match answered.by {
-                        AnsweredBy::Locally => {
+                        AnsweredBy::Locally | AnsweredBy::AfterFill => {
                             let _ = local.record(micros.max(1));
                             let since = sold_out.elapsed().as_micros() as u64;
                             first_local.fetch_min(since, Ordering::Relaxed);
@@ -287,17 +304,29 @@ async fn round(
                             let _ = server.record(micros.max(1));
                         }
                     }
+                    match answered.by {
+                        AnsweredBy::Locally => {
+                            let _ = current.record(micros.max(1));
+                        }
+                        AnsweredBy::AfterFill => {
+                            let _ = after_fill.record(micros.max(1));
+                        }
+                        AnsweredBy::Server => {}
+                    }
                     if let Outcome::Issued { .. } = answered.outcome {
                         holders.lock().expect("holders").push(user);
                     }
                 }
-                (local, server, clicks)
+                (local, server, clicks, current, after_fill)
             })
         })
         .collect();
     let (mut local_latency, mut server_latency, mut clicks) = (histogram(), histogram(), 0);
+    let (mut current_latency, mut after_fill_latency) = (histogram(), histogram());
     for clicker in clickers {
-        let (local, server, n) = clicker.await.expect("a clicker");
+        let (local, server, n, current, after_fill) = clicker.await.expect("a clicker");
+        current_latency.add(&current).expect("same bounds");
+        after_fill_latency.add(&after_fill).expect("same bounds");
         local_latency.add(&local).expect("same bounds");
         server_latency.add(&server).expect("same bounds");
         clicks += n;
@@ -317,6 +346,8 @@ async fn round(
         commands: after.1 - before.1,
         cpu_seconds: (after.2 - before.2) as f64 / ticks_per_second(),
         local: local_latency,
+        current: current_latency,
+        after_fill: after_fill_latency,
         server: server_latency,
         first_local: (first_local != u64::MAX).then(|| Duration::from_micros(first_local)),
         back_to_current,

@@ -6,6 +6,7 @@ use crate::http::problem::Problem;
 use crate::pool::RedisPool;
 use coupon_sdk::{Error, Outcome};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct App {
     pub campaigns: Campaigns,
@@ -45,6 +46,40 @@ impl App {
                 }
                 Err(error) => return Err(self.failed(&error)),
                 Ok(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Keeps the stock gauges: each campaign's stock, and what is left of it as Redis answers
+    /// every `every` — off the request path, so `/metrics` never waits on Redis. One
+    /// `info` per campaign and tick: the work grows with the campaigns this service sells, not
+    /// with the requests. A failed read keeps the last figure (and is logged at debug: the
+    /// requests' own failures are what count as Redis errors).
+    pub async fn watch_stock(self: Arc<Self>, every: Duration) {
+        for campaign in self.campaigns.iter() {
+            let stock = i64::try_from(campaign.stock).unwrap_or(i64::MAX);
+            self.metrics
+                .stock
+                .with_label_values(&[campaign.coupon.as_str()])
+                .set(stock);
+        }
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            for campaign in self.campaigns.iter() {
+                match self.redis.pick().info(&campaign.coupon).await {
+                    Ok(info) => {
+                        let left = campaign.stock.saturating_sub(info.issued);
+                        self.metrics
+                            .remaining
+                            .with_label_values(&[campaign.coupon.as_str()])
+                            .set(i64::try_from(left).unwrap_or(i64::MAX));
+                    }
+                    Err(error) => {
+                        tracing::debug!(coupon = %campaign.coupon, %error, "reading the stock failed")
+                    }
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ use http::metrics::Metrics;
 use pool::RedisPool;
 use shutdown::Signals;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Runs the service until SIGTERM or SIGINT and its requests in flight are answered.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -43,12 +44,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         for campaign in campaigns.iter() {
             tracing::info!(coupon = %campaign.coupon, stock = campaign.stock, window = ?campaign.window, "selling");
         }
-        routes::service(Arc::new(App {
+        let app = Arc::new(App {
             campaigns,
             redis,
             metrics,
             limits,
-        }))
+        });
+        tokio::spawn(app.clone().watch_stock(Duration::from_secs(1)));
+        routes::service(app)
     };
     let listener = http::listener::bind(cli.listen, cli.backlog)?;
     tracing::info!(addr = %cli.listen, "listening");

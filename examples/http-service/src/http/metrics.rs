@@ -1,13 +1,14 @@
 //! Prometheus metrics: every request counted by route, method and status, with its latency;
-//! issue outcomes and Redis trouble by kind.
+//! issue outcomes per coupon, each campaign's stock and what is left of it, Redis trouble by
+//! kind, and the request deadline (so an alert can compare the latency with it).
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::response::Response;
 use pin_project_lite::pin_project;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +26,10 @@ pub struct Metrics {
     pub outcomes: IntCounterVec,
     pub redis_errors: IntCounterVec,
     pub issue_retries: IntCounter,
+    pub writes_refused: IntCounterVec,
+    pub stock: IntGaugeVec,
+    pub remaining: IntGaugeVec,
+    pub request_timeout: Gauge,
 }
 
 impl Metrics {
@@ -52,9 +57,9 @@ impl Metrics {
         let outcomes = IntCounterVec::new(
             Opts::new(
                 "coupon_http_issue_outcomes_total",
-                "Issue answers, by outcome",
+                "Issue answers, by coupon and outcome",
             ),
-            &["outcome"],
+            &["coupon", "outcome"],
         )?;
         let redis_errors = IntCounterVec::new(
             Opts::new(
@@ -67,12 +72,40 @@ impl Metrics {
             "coupon_http_issue_retries_total",
             "Issues sent again after a Redis timeout",
         )?;
+        let writes_refused = IntCounterVec::new(
+            Opts::new(
+                "coupon_http_writes_refused_total",
+                "Coupon writes Redis refused, by reason (oom: over maxmemory; eviction_unsafe: \
+                 an allkeys-* maxmemory-policy)",
+            ),
+            &["reason"],
+        )?;
+        let stock = IntGaugeVec::new(
+            Opts::new("coupon_http_coupon_stock", "Each campaign's stock"),
+            &["coupon"],
+        )?;
+        let remaining = IntGaugeVec::new(
+            Opts::new(
+                "coupon_http_coupon_remaining",
+                "Each campaign's stock not held by anyone, as Redis last answered (read every \
+                 second)",
+            ),
+            &["coupon"],
+        )?;
+        let request_timeout = Gauge::new(
+            "coupon_http_request_timeout_seconds",
+            "The whole request's budget (--request-timeout-ms); past it the answer is 503",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(outcomes.clone()))?;
         registry.register(Box::new(redis_errors.clone()))?;
         registry.register(Box::new(issue_retries.clone()))?;
+        registry.register(Box::new(writes_refused.clone()))?;
+        registry.register(Box::new(stock.clone()))?;
+        registry.register(Box::new(remaining.clone()))?;
+        registry.register(Box::new(request_timeout.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -81,6 +114,10 @@ impl Metrics {
             outcomes,
             redis_errors,
             issue_retries,
+            writes_refused,
+            stock,
+            remaining,
+            request_timeout,
         })
     }
 
@@ -96,6 +133,15 @@ impl Metrics {
             Error::NotReplicated { .. } => "not_replicated",
         };
         self.redis_errors.with_label_values(&[kind]).inc();
+        if let Error::Server(error) = error {
+            if error.code() == Some("OOM") {
+                self.writes_refused.with_label_values(&["oom"]).inc();
+            } else if error.to_string().contains("coupon writes are refused") {
+                self.writes_refused
+                    .with_label_values(&["eviction_unsafe"])
+                    .inc();
+            }
+        }
     }
 
     /// The text exposition format.

@@ -45,7 +45,10 @@ pub async fn issue(
         Outcome::NotStarted => "not_started",
         Outcome::Ended => "ended",
     };
-    app.metrics.outcomes.with_label_values(&[label]).inc();
+    app.metrics
+        .outcomes
+        .with_label_values(&[campaign.coupon.as_str(), label])
+        .inc();
     answer(campaign, user, outcome, label)
 }
 

@@ -46,6 +46,9 @@ pub fn ceiling(metrics: Arc<Metrics>, limits: Limits) -> Router {
 }
 
 fn with_middleware(routes: Router, metrics: Arc<Metrics>, limits: Limits) -> Router {
+    metrics
+        .request_timeout
+        .set(limits.request_timeout.as_secs_f64());
     routes
         .merge(
             Router::new()

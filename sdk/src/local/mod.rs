@@ -78,8 +78,9 @@ struct Shared {
 /// [`LocalAnswers::connect`].
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
-    /// Coupons with more holders than this are never kept locally (a fill reads every holder
-    /// in one `HGETALL`). Default [`DEFAULT_MAX_HOLDERS`].
+    /// Coupons with more holders than this are never kept locally: every process reads every
+    /// holder at each fill (with `HSCAN`, 5,000 a call; about 0.5 µs of server time each).
+    /// Default [`DEFAULT_MAX_HOLDERS`].
     pub max_holders: u64,
     /// See [`DEFAULT_CLOCK_MARGIN`].
     pub clock_margin: Duration,

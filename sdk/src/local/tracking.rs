@@ -20,6 +20,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long a fill's read may take before it counts as failed.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Holders asked for per `HSCAN` call: a coupon of up to about this many is read in one
+/// round trip, and no call holds the server for more.
+const SCAN_COUNT: u64 = 5_000;
+
 /// `-MOVED` hops one fill follows before giving up for now.
 const MAX_HOPS: usize = 3;
 
@@ -79,8 +83,7 @@ impl Tracking {
         self.connection(seed).await.map(drop)
     }
 
-    /// Reads `coupon`'s holders on the node that has it, tracked: `HGETALL` with the server's
-    /// `TIME`, in one round trip.
+    /// Reads `coupon`'s holders on the node that has it, tracked, with the server's `TIME`.
     pub async fn read_holders(&self, coupon: &[u8], max_holders: u64) -> Result<Read> {
         let slot = coupon_layout::hash_slot(coupon);
         let mut hops = 0;
@@ -132,11 +135,18 @@ impl Tracking {
         let mut connection = self.connection(node).await?.connection;
         let sent = Instant::now();
         let sent_at = unix_ms(SystemTime::now());
-        // One round trip: the reply that triggered the fill said the coupon is small enough;
-        // the count is checked again on what arrives.
+        // `HSCAN` rather than `HGETALL`, so that no call holds the server for more than a few
+        // thousand holders; a coupon that small comes whole in the first call, with `TIME`,
+        // in one round trip. Each call is tracked: a write to the coupon after the first one
+        // invalidates the view this read would fill.
         let mut pipe = redis::pipe();
-        pipe.cmd("TIME").cmd("HGETALL").arg(coupon);
-        let ((seconds, micros), fields): ((u64, u64), Value) =
+        pipe.cmd("TIME")
+            .cmd("HSCAN")
+            .arg(coupon)
+            .arg(0)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let ((seconds, micros), (mut cursor, first)): ((u64, u64), (u64, Value)) =
             within(pipe.query_async(&mut connection)).await?;
         let half_trip = sent.elapsed().as_millis() as u64 / 2;
         let server_ms = seconds * 1_000 + micros / 1_000;
@@ -144,7 +154,15 @@ impl Tracking {
             offset_ms: server_ms as i64 - (sent_at + half_trip) as i64,
             uncertainty_ms: half_trip + 1,
         };
-        let holders = holders_of(fields)?;
+        let mut holders = Holders::new();
+        add_holders(&mut holders, first)?;
+        while cursor != 0 && holders.count() <= max_holders {
+            let mut scan = redis::cmd("HSCAN");
+            scan.arg(coupon).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+            let (next, fields): (u64, Value) = within(scan.query_async(&mut connection)).await?;
+            add_holders(&mut holders, fields)?;
+            cursor = next;
+        }
         Ok(Read {
             clock,
             holders: (holders.count() <= max_holders).then_some(holders),
@@ -245,26 +263,14 @@ fn on_push(views: &Mutex<Views>, counters: &Counters, alive: &AtomicBool, push: 
     }
 }
 
-/// `HGETALL`'s map (RESP3) or flat array, as holders; the last-seq field is not a holder.
-fn holders_of(reply: Value) -> Result<Holders> {
-    let pairs: Vec<(Value, Value)> = match reply {
-        Value::Map(pairs) => pairs,
-        Value::Array(flat) => {
-            let mut flat = flat.into_iter();
-            let mut pairs = Vec::with_capacity(flat.len() / 2);
-            while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
-                pairs.push((field, value));
-            }
-            pairs
-        }
-        other => {
-            return Err(Error::UnexpectedReply(format!(
-                "HGETALL answered {other:?}"
-            )))
-        }
+/// One `HSCAN` batch (field, value, field, value, …) into `holders`; the last-seq field is
+/// not a holder. A field may come twice in a scan; it is the same holder.
+fn add_holders(holders: &mut Holders, batch: Value) -> Result<()> {
+    let Value::Array(flat) = batch else {
+        return Err(Error::UnexpectedReply(format!("HSCAN answered {batch:?}")));
     };
-    let mut holders = Holders::with_capacity(pairs.len());
-    for (field, value) in pairs {
+    let mut flat = flat.into_iter();
+    while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
         let (Value::BulkString(user), Value::BulkString(seq)) = (field, value) else {
             return Err(Error::UnexpectedReply(
                 "a holder that is not a string".into(),
@@ -279,7 +285,7 @@ fn holders_of(reply: Value) -> Result<Holders> {
             .ok_or_else(|| Error::UnexpectedReply("a holder's seq is not a number".into()))?;
         holders.insert(&user, seq);
     }
-    Ok(holders)
+    Ok(())
 }
 
 /// The seed's settings (password, database) at the address a `-MOVED` named.

@@ -12,11 +12,11 @@ pub(crate) struct Holders {
 }
 
 impl Holders {
-    #[cfg(test)]
     pub fn new() -> Self {
         Holders::default()
     }
 
+    #[cfg(test)]
     pub fn with_capacity(holders: usize) -> Self {
         Holders {
             by_user: HashMap::with_capacity(holders),

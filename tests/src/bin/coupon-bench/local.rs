@@ -30,6 +30,9 @@ pub struct LocalArgs {
     /// Revokes per second after the sell-out, one round (of each mode) per rate.
     #[arg(long, value_delimiter = ',', default_value = "0,10,100")]
     revoke_rates: Vec<u64>,
+    /// Holder counts of the view-size table (memory and first fill).
+    #[arg(long, value_delimiter = ',', default_value = "1000,1000000")]
+    view_holders: Vec<u64>,
     /// Tiny counts: checks that it works, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -54,10 +57,11 @@ struct Round {
 }
 
 pub fn run(args: &LocalArgs) -> bool {
-    let (stock, seconds, rates) = if args.smoke {
-        (50, 1, vec![0, 10])
+    let (stock, seconds, rates, view_holders) = if args.smoke {
+        (50, 1, vec![0, 10], vec![100])
     } else {
-        (args.stock, args.seconds, args.revoke_rates.clone())
+        let rates = args.revoke_rates.clone();
+        (args.stock, args.seconds, rates, args.view_holders.clone())
     };
     let server = Server::builder(Flavor::Redis)
         .arg("maxclients", "4000")
@@ -94,7 +98,61 @@ pub fn run(args: &LocalArgs) -> bool {
             per_mode[1] / per_mode[0].max(1e-9)
         );
     }
+    println!(
+        "\n### one process' view of a sold-out coupon\n\n\
+         the first fill after the sell-out (tracked `HSCAN`s of 5,000, the first with `TIME`): the view's heap \
+         bytes, the time from the server's SoldOut to a current view, and the server's time for \
+         the `HSCAN`s (commandstats) — which every process pays once per fill.\n\n\
+         | holders | view bytes | bytes per holder | first fill | server time of the fill |\n\
+         |---|---|---|---|---|"
+    );
+    for holders in view_holders {
+        runtime.block_on(view_size(&server, holders));
+    }
     proven
+}
+
+/// Fills a coupon with `holders` directly (as issues would leave it), then times one view.
+async fn view_size(server: &Server, holders: u64) {
+    let coupon = format!("view:{holders}");
+    let mut conn = server.connect();
+    for chunk in (0..holders).collect::<Vec<_>>().chunks(10_000) {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&coupon);
+        for n in chunk {
+            hset.arg(format!("user-{n:08}")).arg(n + 1);
+        }
+        let _: redis::RedisResult<u64> = hset.query(&mut conn);
+    }
+    let _: redis::RedisResult<u64> = redis::cmd("HSET")
+        .arg(&coupon)
+        .arg(coupon_layout::LAST_SEQ_FIELD)
+        .arg(holders)
+        .query(&mut conn);
+    let options = coupon_sdk::LocalOptions {
+        max_holders: u64::MAX,
+        ..coupon_sdk::LocalOptions::default()
+    };
+    let local = options.connect(server.url()).await.expect("tracking");
+    let client = clients(server, 1, Some(&local)).await.remove(0);
+    let (calls, usec) = command_stats(&mut conn, "hscan");
+    let asked = Instant::now();
+    let _ = client.issue(&coupon, "late", holders).await;
+    while !local.is_current(&coupon) && asked.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let filled = asked.elapsed();
+    let (calls_after, usec_after) = command_stats(&mut conn, "hscan");
+    let bytes = local.stats().view_bytes;
+    println!(
+        "| {holders} | {:.1} MB | {:.0} | {:.1} ms | {:.1} ms ({} calls) |",
+        bytes as f64 / 1e6,
+        bytes as f64 / holders.max(1) as f64,
+        filled.as_secs_f64() * 1_000.0,
+        (usec_after - usec) as f64 / 1_000.0,
+        calls_after - calls
+    );
+    let _: redis::RedisResult<u64> = redis::cmd("DEL").arg(&coupon).query(&mut conn);
 }
 
 fn print_row(rate: u64, local: bool, round: &Round) {

@@ -65,8 +65,15 @@ impl App {
         }
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut counted_locally = 0;
         loop {
             ticks.tick().await;
+            if let Some(local) = self.redis.local_answers() {
+                let answered = local.stats().answered_locally;
+                let metric = &self.metrics.answered_locally;
+                metric.inc_by(answered.saturating_sub(counted_locally));
+                counted_locally = answered;
+            }
             for campaign in self.campaigns.iter() {
                 match self.redis.pick().info(&campaign.coupon).await {
                     Ok(info) => {

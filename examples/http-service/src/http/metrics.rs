@@ -30,6 +30,7 @@ pub struct Metrics {
     pub stock: IntGaugeVec,
     pub remaining: IntGaugeVec,
     pub request_timeout: Gauge,
+    pub answered_locally: IntCounter,
 }
 
 impl Metrics {
@@ -96,6 +97,12 @@ impl Metrics {
             "coupon_http_request_timeout_seconds",
             "The whole request's budget (--request-timeout-ms); past it the answer is 503",
         )?;
+        let answered_locally = IntCounter::new(
+            "coupon_http_issues_answered_locally_total",
+            "Issue clicks the SDK answered itself (sold out, a holder's repeat) without sending \
+             them to Redis (counted every second)",
+        )?;
+        registry.register(Box::new(answered_locally.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -118,6 +125,7 @@ impl Metrics {
             stock,
             remaining,
             request_timeout,
+            answered_locally,
         })
     }
 

@@ -383,7 +383,7 @@ mod tests {
         assert!(views.current(b"sale").is_none());
 
         // The next click starts the next fill itself, and waits for it.
-        let Step::Fill(fill, mut changed) = step(&mut views, b"sale", 1) else {
+        let Step::Fill(fill, changed) = step(&mut views, b"sale", 1) else {
             panic!("a hot coupon without a view is filled")
         };
         assert!(views.install(b"sale", fill, Some(holders(&[("alice", 1)]))));
@@ -479,7 +479,7 @@ mod tests {
     fn a_failed_fill_wakes_the_waiting_clicks_and_lets_the_next_one_start() {
         let mut views = Views::default();
         let fill = views.learn(b"sale", &Outcome::SoldOut, 0, 0, 0).unwrap();
-        let Step::Wait(mut changed) = step(&mut views, b"sale", 0) else {
+        let Step::Wait(changed) = step(&mut views, b"sale", 0) else {
             panic!("a click during a fill waits")
         };
         assert!(!views.install(b"sale", fill, None));
